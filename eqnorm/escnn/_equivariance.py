@@ -1,0 +1,83 @@
+"""Equivariance errors of escnn modules: the fiber action, and the grid symmetries that move no point off the grid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from escnn.group import GroupElement
+from escnn.gspaces import GSpace
+from escnn.nn import GeometricTensor
+
+__all__ = ["Measurement", "equivariance_errors", "grid_elements", "is_grid_symmetry", "random_input", "sample_elements"]
+
+#: (element, max |f(g x) - g f(x)|, that error over max |g f(x)|)
+Measurement = tuple[GroupElement, float, float]
+
+
+def is_grid_symmetry(gspace: GSpace, element: GroupElement) -> bool:
+    """Whether ``element`` acts on the base space by a signed permutation of the axes (90-degree turns, flips).
+
+    Such an element permutes the points of a centred square or cubic grid exactly; any other rotation interpolates.
+    """
+    if gspace.dimensionality == 0:
+        return True
+    action = np.abs(np.asarray(gspace.basespace_action(element)))
+    ones = np.isclose(action, 1.0)
+    return bool((ones | np.isclose(action, 0.0)).all() and (ones.sum(0) == 1).all() and (ones.sum(1) == 1).all())
+
+
+def sample_elements(gspace: GSpace, samples: int | None = None) -> list[GroupElement]:
+    """escnn's testing elements of the fiber group (all elements of a finite group), at most ``samples`` of them."""
+    elements = list(gspace.fibergroup.testing_elements())
+    if samples is not None and samples < len(elements):
+        picks = np.linspace(0, len(elements) - 1, samples).round().astype(int)
+        elements = [elements[i] for i in sorted(set(picks.tolist()))]
+    return elements
+
+
+def grid_elements(gspace: GSpace) -> list[GroupElement]:
+    """The testing elements whose base-space action is exact on a grid (see :func:`is_grid_symmetry`)."""
+    return [g for g in gspace.fibergroup.testing_elements() if is_grid_symmetry(gspace, g)]
+
+
+def random_input(
+    in_type: Any, batch: int = 3, size: int = 9, dtype: torch.dtype = torch.float64, seed: int = 0
+) -> GeometricTensor:
+    """A random ``GeometricTensor`` ``(batch, C, size, ..., size)`` with non-zero means, so centering matters."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, in_type.size) + (size,) * in_type.gspace.dimensionality
+    x = (
+        torch.randn(shape, generator=gen, dtype=torch.float64) * 2
+        + torch.randn(shape[:2] + (1,) * (len(shape) - 2), generator=gen, dtype=torch.float64) * 3
+    )
+    return GeometricTensor(x.to(dtype), in_type)
+
+
+def equivariance_errors(
+    module: Callable[[GeometricTensor], GeometricTensor],
+    x: GeometricTensor,
+    elements: Iterable[GroupElement],
+    fibers_only: bool,
+) -> list[Measurement]:
+    """``max |f(g x) - g f(x)|`` for each element, moving the fibers only or the whole field (fibers and grid)."""
+    y = module(x)
+    results = []
+    for g in elements:
+        expected = (y.transform_fibers(g) if fibers_only else y.transform(g)).tensor
+        got = module(x.transform_fibers(g) if fibers_only else x.transform(g)).tensor
+        err = (got - expected).abs().max().item()
+        results.append((g, err, err / max(expected.abs().max().item(), 1e-300)))
+    return results
+
+
+def assert_within(results: Sequence[Measurement], atol: float, rtol: float, what: str) -> None:
+    """Raise ``AssertionError`` naming the first element whose error exceeds ``atol + rtol * max |g f(x)|``."""
+    for g, err, rel in results:
+        scale = err / rel if rel > 0 else 0.0
+        if err > atol + rtol * scale:
+            raise AssertionError(
+                f"{what} equivariance fails for element {g}: max abs error {err:.3e}, relative {rel:.3e}"
+            )

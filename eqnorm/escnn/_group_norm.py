@@ -1,0 +1,166 @@
+"""escnn modules: ``FieldGroupNorm`` and its two special cases, ``FieldLayerNorm`` and ``FieldInstanceNorm``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from escnn.nn import EquivariantModule, FieldType, GeometricTensor
+
+from ..layout import FieldLayout
+from ..module import FieldNorm
+from ._equivariance import Measurement, assert_within, equivariance_errors, grid_elements, random_input, sample_elements
+
+__all__ = ["FieldGroupNorm", "FieldInstanceNorm", "FieldLayerNorm"]
+
+
+class FieldGroupNorm(EquivariantModule):
+    r"""Equivariant group normalization of an escnn field type: statistics per sample over groups of whole fields.
+
+    For sample :math:`n`, group :math:`\gamma` of fields and channel :math:`c` of field :math:`i` in :math:`\gamma`,
+    over all :math:`P` positions:
+
+    .. math::
+
+        y_{ncp} = \frac{w_i}{\sqrt{\sigma^2_{n\gamma} + \epsilon}}\,(x_{ncp} - \mathrm{cen}_{nc}) + b_c, \qquad
+        \sigma^2_{n\gamma} = \frac{1}{P D_\gamma} \sum_{c\in\gamma}\sum_p (x_{ncp} - \mathrm{cen}_{nc})^2 .
+
+    With ``centering="trivial"``, :math:`\mathrm{cen}` is the mean, over the group's fields and positions, of the
+    components of :math:`Q_i^\top x_i` on trivial irreps, mapped back with :math:`Q_i` (``"all"`` averages the copies of
+    every irrep type; ``"none"`` does not center). :math:`w_i` is one weight per field and :math:`b` lives on the
+    trivial irreps only.
+
+    **Why it is equivariant.** Under :math:`x_i \mapsto \rho_i(g) x_i` the centering, a projection onto isotypic
+    components averaged over copies, commutes with :math:`\rho(g)`, so :math:`x_i - \mathrm{cen}_i` transforms by the
+    orthogonal :math:`\rho_i(g)` and its squared norm, hence :math:`\sigma^2`, is invariant. Any permutation of the
+    positions (a 90-degree rotation of the grid) leaves the spatial sums unchanged. So :math:`y` transforms like
+    :math:`x`. Gradients flow through the statistics.
+
+    Parameters
+    ----------
+    in_type
+        The field type of the input (and output).
+    num_groups
+        Number of groups with ``group_by="contiguous"``; must divide the number of fields.
+    group_by
+        ``"contiguous"``, ``"representation"`` (one group per distinct representation), or one group id per field.
+    centering
+        ``"trivial"``, ``"all"`` or ``"none"``.
+    eps
+        Added to the variance.
+    affine
+        Learn a weight per field (init 1) and a bias per trivial irrep copy (init 0).
+
+    Examples
+    --------
+    >>> from escnn import gspaces, nn
+    >>> gs = gspaces.rot2dOnR2(8)
+    >>> ft = nn.FieldType(gs, 4 * [gs.regular_repr] + 2 * [gs.trivial_repr])
+    >>> norm = FieldGroupNorm(ft, num_groups=3)
+    >>> norm(nn.GeometricTensor(torch.randn(2, ft.size, 7, 7), ft)).shape
+    torch.Size([2, 34, 7, 7])
+    """
+
+    def __init__(
+        self,
+        in_type: FieldType,
+        num_groups: int | None = None,
+        *,
+        group_by: str | Sequence[int] = "contiguous",
+        centering: str = "trivial",
+        eps: float = 1e-5,
+        affine: bool = True,
+    ) -> None:
+        if not isinstance(in_type, FieldType):
+            raise TypeError(f"in_type must be an escnn FieldType, got {type(in_type).__name__}")
+        super().__init__()
+        self.in_type = in_type
+        self.out_type = in_type
+        self.norm = FieldNorm(FieldLayout.from_field_type(in_type, num_groups, group_by, centering), eps, affine)
+
+    @property
+    def layout(self) -> FieldLayout:
+        return self.norm.layout
+
+    @property
+    def weight(self) -> torch.nn.Parameter | None:
+        """One scale per field, shape ``(num_fields,)``."""
+        return self.norm.weight
+
+    @property
+    def bias(self) -> torch.nn.Parameter | None:
+        """One bias per trivial irrep copy, shape ``(num_trivial,)``."""
+        return self.norm.bias
+
+    def forward(self, input: GeometricTensor) -> GeometricTensor:
+        if not isinstance(input, GeometricTensor):
+            raise TypeError(f"{type(self).__name__} expects an escnn GeometricTensor, got {type(input).__name__}")
+        if input.type != self.in_type:
+            raise ValueError(
+                f"{type(self).__name__} was built for field type {self.in_type} but got a tensor of type {input.type}"
+            )
+        return GeometricTensor(self.norm(input.tensor), self.out_type, input.coords)
+
+    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) < 2 or input_shape[1] != self.in_type.size:
+            raise ValueError(f"expected a shape (N, {self.in_type.size}, ...), got {tuple(input_shape)}")
+        return tuple(input_shape)
+
+    def equivariance_errors(
+        self, samples: int | None = None, dtype: torch.dtype = torch.float64, seed: int = 0
+    ) -> dict[str, list[Measurement]]:
+        """Errors on a random input: ``"fiber"`` (sampled group elements) and ``"grid"`` (exact grid symmetries)."""
+        norm = copy.deepcopy(self.norm).to(dtype)
+
+        def module(t: GeometricTensor) -> GeometricTensor:
+            return GeometricTensor(norm(t.tensor), t.type, t.coords)
+
+        x = random_input(self.in_type, dtype=dtype, seed=seed)
+        gspace = self.in_type.gspace
+        with torch.no_grad():
+            return {
+                "fiber": equivariance_errors(module, x, sample_elements(gspace, samples), fibers_only=True),
+                "grid": equivariance_errors(module, x, grid_elements(gspace), fibers_only=False),
+            }
+
+    def check_equivariance(self, atol: float = 1e-7, rtol: float = 1e-5) -> list[tuple[object, float]]:
+        """Check, in float64, the fiber action of escnn's testing elements and every exact grid symmetry.
+
+        Raises ``AssertionError`` naming the element where the error exceeds ``atol + rtol * max |output|``; returns
+        ``(element, max abs error)`` for every element checked.
+        """
+        errors = self.equivariance_errors()
+        for what, results in errors.items():
+            assert_within(results, atol, rtol, what)
+        return [(g, err) for results in errors.values() for g, err, _ in results]
+
+    def export(self) -> FieldNorm:
+        """A plain :class:`~eqnorm.FieldNorm` computing the same function, with no escnn object inside."""
+        return copy.deepcopy(self.norm).train(self.training)
+
+
+class FieldLayerNorm(FieldGroupNorm):
+    r"""Equivariant layer normalization: :class:`FieldGroupNorm` with all fields in one group.
+
+    .. math:: y_{ncp} = \frac{w_i}{\sqrt{\sigma^2_n + \epsilon}}\,(x_{ncp} - \mathrm{cen}_{nc}) + b_c,
+              \qquad \sigma^2_n = \frac{1}{PC}\sum_{c,p} (x_{ncp} - \mathrm{cen}_{nc})^2
+    """
+
+    def __init__(
+        self, in_type: FieldType, *, centering: str = "trivial", eps: float = 1e-5, affine: bool = True
+    ) -> None:
+        super().__init__(in_type, 1, group_by="contiguous", centering=centering, eps=eps, affine=affine)
+
+
+class FieldInstanceNorm(FieldGroupNorm):
+    r"""Equivariant instance normalization: :class:`FieldGroupNorm` with one field per group.
+
+    .. math:: y_{ncp} = \frac{w_i}{\sqrt{\sigma^2_{ni} + \epsilon}}\,(x_{ncp} - \mathrm{cen}_{nc}) + b_c,
+              \qquad \sigma^2_{ni} = \frac{1}{P d_i}\sum_{c \in i,\,p} (x_{ncp} - \mathrm{cen}_{nc})^2
+    """
+
+    def __init__(
+        self, in_type: FieldType, *, centering: str = "trivial", eps: float = 1e-5, affine: bool = True
+    ) -> None:
+        super().__init__(in_type, group_by="field", centering=centering, eps=eps, affine=affine)

@@ -1,0 +1,306 @@
+"""How the channels of a feature tensor split into fields, irreducible components and normalization groups.
+
+The layout is the only place that reads representation objects. It turns a field type into a handful of small
+dense matrices that the functional code applies to per-sample channel statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Hashable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["CENTERINGS", "FieldLayout", "LayoutOperators", "contiguous_groups"]
+
+CENTERINGS = ("trivial", "all", "none")
+
+#: Largest ``max |Q Q^T - I|`` accepted for a change of basis; escnn's bases are orthogonal to ~1e-15.
+ORTHOGONALITY_TOLERANCE = 1e-8
+
+
+class LayoutOperators(NamedTuple):
+    r"""The dense operators of a :class:`FieldLayout`, as tensors of one dtype and device.
+
+    With ``C`` channels, ``L`` centering classes, ``G`` groups and ``T`` trivial copies:
+
+    - ``center_in`` ``(C, L)`` and ``center_out`` ``(L, C)``: :math:`\mathrm{cen} = (m\,A)\,B`.
+    - ``group_member`` ``(C, G)``: one-hot channel-to-group matrix; ``group_size`` ``(G,)``: channels per group.
+    - ``group_of_channel`` ``(C,)`` and ``field_of_channel`` ``(C,)``: integer indices.
+    - ``bias_basis`` ``(C, T)``: the trivial basis vectors that carry the bias.
+    """
+
+    center_in: torch.Tensor
+    center_out: torch.Tensor
+    group_member: torch.Tensor
+    group_size: torch.Tensor
+    group_of_channel: torch.Tensor
+    field_of_channel: torch.Tensor
+    bias_basis: torch.Tensor
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> LayoutOperators:
+        """Cast the floating operators to ``dtype`` and move everything to ``device``."""
+        return LayoutOperators(*(t.to(device=device, dtype=dtype if t.is_floating_point() else None) for t in self))
+
+
+def contiguous_groups(num_fields: int, num_groups: int | None) -> list[int]:
+    """Group index of each field when ``num_groups`` groups take consecutive, equally many fields.
+
+    >>> contiguous_groups(6, 3)
+    [0, 0, 1, 1, 2, 2]
+    """
+    if num_groups is None:
+        raise ValueError("group_by='contiguous' needs num_groups (the number of groups of consecutive fields)")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups <= 0:
+        raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
+    if num_fields % num_groups:
+        raise ValueError(
+            f"num_groups={num_groups} does not divide the {num_fields} fields; groups are made of whole fields, "
+            "so choose a divisor of the number of fields or pass group_by='representation' or a list of group ids"
+        )
+    per_group = num_fields // num_groups
+    return [i // per_group for i in range(num_fields)]
+
+
+def _dense_group_ids(groups: Sequence[int], num_fields: int) -> list[int]:
+    """Relabel arbitrary integer group ids to ``0..G-1`` in order of first appearance."""
+    ids = list(groups)
+    if len(ids) != num_fields:
+        raise ValueError(f"group_by lists {len(ids)} group ids but the layout has {num_fields} fields")
+    if not all(isinstance(g, (int, np.integer)) and not isinstance(g, bool) for g in ids):
+        raise ValueError(f"group ids must be integers, got {ids!r}")
+    relabel: dict[int, int] = {}
+    return [relabel.setdefault(int(g), len(relabel)) for g in ids]
+
+
+class FieldLayout:
+    r"""Fields, their irreducible components and their normalization groups, precomputed once.
+
+    Channel ``c`` of the input belongs to field ``i``, whose representation is
+    :math:`\rho_i(g) = Q_i \left(\bigoplus_k \psi_k(g)\right) Q_i^\top` with orthogonal :math:`Q_i`. Every field belongs
+    to exactly one group :math:`\gamma`. The layout precomputes the linear centering operator
+    :math:`\mathrm{cen} = K m` of DESIGN section 1:
+
+    - ``"trivial"``: :math:`K` averages, within each group, the coordinates of :math:`Q_i^\top m_i` on trivial irreps
+      and maps the mean back with :math:`Q_i`;
+    - ``"all"``: the same for every irrep type, coordinate by coordinate (copies of one irrep share one basis);
+    - ``"none"``: :math:`K = 0`.
+
+    :math:`K` commutes with :math:`\bigoplus_i \rho_i(g)`, which is what makes the normalization equivariant.
+
+    Parameters
+    ----------
+    field_irreps
+        For each field, the irrep type (any hashable id) of each irreducible component, in the order of the irrep basis.
+    irrep_dims
+        Dimension of each irrep type.
+    trivial
+        The irrep types that are trivial (invariant): the only ones centered by ``"trivial"`` and given a bias.
+    groups
+        Group id of each field (any integers; relabelled ``0..G-1`` in order of first appearance).
+    change_of_basis
+        For each field, its orthogonal :math:`Q_i` (``None`` for the identity). Non-orthogonal matrices are refused.
+    centering
+        ``"trivial"``, ``"all"`` or ``"none"``.
+    field_names
+        Optional names used in error messages.
+
+    Examples
+    --------
+    Two 2-dimensional vector fields and one scalar in one group:
+
+    >>> layout = FieldLayout([["vec"], ["vec"], ["s"]], {"vec": 2, "s": 1}, trivial={"s"}, groups=[0, 0, 0])
+    >>> layout.num_channels, layout.num_fields, layout.num_groups, layout.num_trivial
+    (5, 3, 1, 1)
+    """
+
+    def __init__(
+        self,
+        field_irreps: Sequence[Sequence[Hashable]],
+        irrep_dims: Mapping[Hashable, int],
+        trivial: Collection[Hashable],
+        groups: Sequence[int],
+        change_of_basis: Sequence[Any | None] | None = None,
+        centering: str = "trivial",
+        field_names: Sequence[str] | None = None,
+    ) -> None:
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+        if len(field_irreps) == 0:
+            raise ValueError("a layout needs at least one field")
+        self.centering = centering
+        self.field_irreps = [tuple(irreps) for irreps in field_irreps]
+        self.field_names = (
+            list(field_names) if field_names is not None else [f"field {i}" for i in range(self.num_fields)]
+        )
+        for irreps in self.field_irreps:
+            for key in irreps:
+                if key not in irrep_dims:
+                    raise ValueError(f"irrep {key!r} has no entry in irrep_dims")
+        self.irrep_dims = dict(irrep_dims)
+        self.trivial = frozenset(trivial)
+        for key in self.trivial:
+            if key in self.irrep_dims and self.irrep_dims[key] != 1:
+                raise ValueError(f"trivial irrep {key!r} must have dimension 1, got {self.irrep_dims[key]}")
+        self.field_sizes = [sum(self.irrep_dims[k] for k in irreps) for irreps in self.field_irreps]
+        self.groups = _dense_group_ids(groups, self.num_fields)
+        self.bases = self._orthogonal_bases(change_of_basis)
+        self._operators: dict[tuple[torch.dtype, torch.device], LayoutOperators] = {}
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.field_irreps)
+
+    @property
+    def num_channels(self) -> int:
+        return sum(self.field_sizes)
+
+    @property
+    def num_groups(self) -> int:
+        return max(self.groups) + 1
+
+    @property
+    def num_trivial(self) -> int:
+        """Number of trivial irrep copies, i.e. of bias parameters."""
+        return sum(key in self.trivial for irreps in self.field_irreps for key in irreps)
+
+    def _orthogonal_bases(self, change_of_basis: Sequence[Any | None] | None) -> list[np.ndarray]:
+        if change_of_basis is None:
+            change_of_basis = [None] * self.num_fields
+        if len(change_of_basis) != self.num_fields:
+            raise ValueError(f"{len(change_of_basis)} change-of-basis matrices given for {self.num_fields} fields")
+        bases = []
+        for name, size, q in zip(self.field_names, self.field_sizes, change_of_basis, strict=True):
+            q = np.eye(size) if q is None else np.asarray(q, dtype=np.float64)
+            if q.shape != (size, size):
+                raise ValueError(f"{name}: change of basis has shape {q.shape}, expected {(size, size)}")
+            err = float(np.abs(q @ q.T - np.eye(size)).max())
+            if not err <= ORTHOGONALITY_TOLERANCE:
+                raise ValueError(
+                    f"{name}: its change of basis is not orthogonal (max |Q Q^T - I| = {err:.2e}); eqnorm needs an "
+                    "orthogonal representation so that the norm of a field is invariant"
+                )
+            bases.append(q)
+        return bases
+
+    @classmethod
+    def from_field_type(
+        cls,
+        field_type: Any,
+        num_groups: int | None = None,
+        group_by: str | Sequence[int] = "contiguous",
+        centering: str = "trivial",
+    ) -> FieldLayout:
+        """Layout of an escnn ``FieldType``: one field per representation, components from ``rep.irreps``.
+
+        ``group_by`` is ``"contiguous"`` (``num_groups`` groups of consecutive fields), ``"representation"`` (one group
+        per distinct representation), ``"field"`` (one field per group) or a sequence of group ids, one per field.
+        """
+        reps = getattr(field_type, "representations", None)
+        if reps is None:
+            raise TypeError(f"expected an escnn FieldType, got {type(field_type).__name__}")
+        group = field_type.fibergroup
+        irreps = [list(rep.irreps) for rep in reps]
+        dims = {key: group.irrep(*key).size for field in irreps for key in field}
+        trivial = {key for key in dims if group.irrep(*key).is_trivial()}
+        names = [f"field {i} ({rep.name})" for i, rep in enumerate(reps)]
+        if group_by == "representation":
+            if num_groups is not None:
+                raise ValueError("group_by='representation' sets the groups itself; leave num_groups as None")
+            groups = [rep.name for rep in reps]
+            ids: list[int] = [groups.index(name) for name in groups]
+        else:
+            ids = resolve_groups(len(reps), num_groups, group_by)
+        return cls(irreps, dims, trivial, ids, [rep.change_of_basis for rep in reps], centering, names)
+
+    @classmethod
+    def scalars(cls, num_channels: int, num_groups: int, centering: str = "trivial") -> FieldLayout:
+        """``num_channels`` trivial fields in ``num_groups`` contiguous groups: ``torch.nn.GroupNorm``'s layout."""
+        return cls([[0]] * num_channels, {0: 1}, {0}, contiguous_groups(num_channels, num_groups), centering=centering)
+
+    def operators(self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> LayoutOperators:
+        """The dense operators of this layout (see :class:`LayoutOperators`), built once per dtype and device."""
+        key = (dtype, torch.device(device))
+        if key not in self._operators:
+            self._operators[key] = self._build_operators().to(*key)
+        return self._operators[key]
+
+    def _build_operators(self) -> LayoutOperators:
+        C, G = self.num_channels, self.num_groups
+        field_of_channel = np.repeat(np.arange(self.num_fields), self.field_sizes)
+        group_of_channel = np.asarray(self.groups)[field_of_channel]
+        member = np.zeros((C, G))
+        member[np.arange(C), group_of_channel] = 1.0
+        center_in, center_out, bias_basis = self._centering_and_bias()
+        return LayoutOperators(
+            torch.from_numpy(center_in),
+            torch.from_numpy(center_out),
+            torch.from_numpy(member),
+            torch.from_numpy(member.sum(axis=0)),
+            torch.from_numpy(group_of_channel).long(),
+            torch.from_numpy(field_of_channel).long(),
+            torch.from_numpy(bias_basis),
+        )
+
+    def _components(self) -> list[tuple[int, Hashable, np.ndarray]]:
+        """Every irrep copy as ``(field, irrep type, (C, dim) basis columns)``, trivial columns summing to >= 0."""
+        out = []
+        offset = 0
+        for i, (irreps, q) in enumerate(zip(self.field_irreps, self.bases, strict=True)):
+            start = 0
+            for key in irreps:
+                dim = self.irrep_dims[key]
+                cols = np.zeros((self.num_channels, dim))
+                cols[offset : offset + q.shape[0]] = q[:, start : start + dim]
+                # A trivial coordinate is defined up to sign; fixing it makes a group mixing different fields average
+                # them with the same orientation (the channel mean for permutation fields).
+                if key in self.trivial and cols.sum() < 0:
+                    cols = -cols
+                out.append((i, key, cols))
+                start += dim
+            offset += q.shape[0]
+        return out
+
+    def _centering_and_bias(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``center_in`` ``(C, L)``, ``center_out`` ``(L, C)`` and ``bias_basis`` ``(C, T)``.
+
+        A centering class is one (group, irrep type); its copies' coordinates are averaged (``center_in``) and the
+        mean is put back on every copy (``center_out``).
+        """
+        classes: dict[tuple[int, Hashable], list[np.ndarray]] = {}
+        bias = []
+        for i, key, cols in self._components():
+            if key in self.trivial:
+                bias.append(cols[:, 0])
+            if self.centering == "all" or (self.centering == "trivial" and key in self.trivial):
+                classes.setdefault((self.groups[i], key), []).append(cols)
+        C = self.num_channels
+        sums = [np.sum(cols, axis=0) for cols in classes.values()]
+        counts = [len(cols) for cols in classes.values()]
+        center_in = np.concatenate([s / n for s, n in zip(sums, counts, strict=True)] + [np.zeros((C, 0))], axis=1)
+        center_out = center_in.T * np.repeat(counts, [s.shape[1] for s in sums])[:, None]
+        bias_basis = np.stack(bias, axis=1) if bias else np.zeros((C, 0))
+        return center_in, center_out, bias_basis
+
+    def __repr__(self) -> str:
+        return (
+            f"FieldLayout(channels={self.num_channels}, fields={self.num_fields}, groups={self.num_groups}, "
+            f"centering={self.centering!r})"
+        )
+
+
+def resolve_groups(num_fields: int, num_groups: int | None, group_by: str | Sequence[int]) -> list[int]:
+    """Group id of each field for ``group_by`` in ``"contiguous"``, ``"field"`` or an explicit sequence of ids."""
+    if isinstance(group_by, str):
+        if group_by == "contiguous":
+            return contiguous_groups(num_fields, num_groups)
+        if group_by == "field":
+            return list(range(num_fields))
+        raise ValueError(
+            f"group_by must be 'contiguous', 'representation', 'field' or a sequence of group ids, got {group_by!r}"
+        )
+    ids = _dense_group_ids(group_by, num_fields)
+    if num_groups is not None and num_groups != max(ids) + 1:
+        raise ValueError(f"num_groups={num_groups} but group_by names {max(ids) + 1} distinct groups")
+    return ids

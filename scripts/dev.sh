@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# eqnorm's one entry point: sets up .venv on first use (and whenever the build inputs change), then runs a job.
+#   scripts/dev.sh check   the equivariance check of the built-in default model (the main job)
+#   scripts/dev.sh test    the test suite
+#   scripts/dev.sh bench   the CPU benchmarks
+#   scripts/dev.sh lint    ruff and mypy
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv="$root/.venv"
+py="$venv/bin/python"
+torch_pin="${EQNORM_TORCH_PIN:-torch==2.13.0}"  # an unpinned torch pulls a multi-GB CUDA build
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+setup() {
+  # escnn needs py3nj, which compiles Fortran.
+  if ! command -v gfortran >/dev/null 2>&1 && ! { [ -x "$py" ] && "$py" -c "import py3nj" 2>/dev/null; }; then
+    echo "eqnorm setup: installing gfortran (needed to build escnn's py3nj)" >&2
+    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gfortran >/dev/null
+  fi
+  if [ ! -x "$py" ]; then
+    "$(command -v python3.11 || command -v python3)" -m venv "$venv"
+  fi
+  local stamp
+  stamp=$(cat pyproject.toml setup.py scripts/dev.sh $(find csrc -type f 2>/dev/null | sort) | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$venv/.eqnorm-setup-stamp" 2>/dev/null)" != "$stamp" ]; then
+    echo "eqnorm setup: installing dependencies into .venv (log: .venv/setup.log)" >&2
+    {
+      "$py" -m pip install --disable-pip-version-check --upgrade pip setuptools wheel &&
+        "$py" -m pip install --disable-pip-version-check "$torch_pin" "numpy<2" &&
+        "$py" -m pip install --disable-pip-version-check --no-build-isolation -e ".[test]"
+    } >"$venv/setup.log" 2>&1 || { tail -n 40 "$venv/setup.log" >&2; exit 1; }
+    echo "$stamp" >"$venv/.eqnorm-setup-stamp"
+  fi
+}
+
+job="${1:-check}"
+shift || true
+setup
+case "$job" in
+  setup) ;;
+  check) exec "$py" examples/steerable_cnn.py "$@" ;;
+  test) exec "$py" -m pytest -q "$@" ;;
+  bench) exec "$py" benchmarks/cpu.py "$@" ;;
+  lint) "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check . && "$venv/bin/mypy" ;;
+  *) echo "usage: scripts/dev.sh [check|test|bench|lint|setup] [args...]" >&2; exit 2 ;;
+esac

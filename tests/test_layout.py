@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import layout_of, specs
+
+from eqnorm import FieldLayout
+from eqnorm.layout import contiguous_groups, resolve_groups
+
+
+@given(spec=specs(), centering=st.sampled_from(["trivial", "all", "none"]))
+def test_centering_is_an_orthogonal_projection(spec, centering):
+    """K = center_in @ center_out is idempotent and symmetric: it projects onto the group means."""
+    ops = layout_of(spec, centering).operators()
+    K = ops.center_in @ ops.center_out
+    torch.testing.assert_close(K @ K, K, atol=1e-12, rtol=0)
+    torch.testing.assert_close(K, K.T, atol=1e-12, rtol=0)
+    trivial = sum(k in spec.trivial for f in spec.field_irreps for k in f)
+    assert ops.bias_basis.shape == (sum(spec.sizes), trivial)
+    torch.testing.assert_close(ops.bias_basis.T @ ops.bias_basis, torch.eye(trivial, dtype=torch.float64))
+    if centering == "none":
+        assert K.abs().max() == 0
+
+
+def test_operators_of_a_small_layout():
+    # one 2D vector field and two scalars in one group: the scalars are centered together, the vector is not
+    layout = FieldLayout([["v"], ["s"], ["s"]], {"v": 2, "s": 1}, {"s"}, [0, 0, 0])
+    ops = layout.operators()
+    K = ops.center_in @ ops.center_out
+    expected = torch.zeros(4, 4, dtype=torch.float64)
+    expected[2:, 2:] = 0.5
+    torch.testing.assert_close(K, expected)
+    assert ops.group_size.tolist() == [4.0] and ops.field_of_channel.tolist() == [0, 0, 1, 2]
+
+
+def test_trivial_basis_vectors_are_oriented():
+    q = np.array([[-1.0, 1.0], [-1.0, -1.0]]) / np.sqrt(2)  # trivial column pointing to -(1, 1)
+    layout = FieldLayout([["s", "p"]], {"s": 1, "p": 1}, {"s"}, [0], [q])
+    assert (layout.operators().bias_basis > 0).all()
+
+
+def test_operators_are_cached_per_dtype_and_device():
+    layout = FieldLayout.scalars(4, 2)
+    assert layout.operators(torch.float32) is layout.operators(torch.float32)
+    assert layout.operators(torch.float32).center_in.dtype == torch.float32
+    assert layout.operators(torch.float64).group_of_channel.dtype == torch.long
+
+
+def test_groups():
+    assert contiguous_groups(6, 2) == [0, 0, 0, 1, 1, 1]
+    assert resolve_groups(4, None, [7, 3, 7, 3]) == [0, 1, 0, 1]
+    assert resolve_groups(3, None, "field") == [0, 1, 2]
+    with pytest.raises(ValueError, match="does not divide"):
+        contiguous_groups(6, 4)
+    with pytest.raises(ValueError, match="positive integer"):
+        contiguous_groups(6, 0)
+    with pytest.raises(ValueError, match="names 2 distinct groups"):
+        resolve_groups(4, 3, [0, 1, 0, 1])
+    with pytest.raises(ValueError, match="integers"):
+        resolve_groups(2, None, [0.5, 1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"change_of_basis": [np.array([[1.0, 1.0], [0.0, 1.0]])]}, "not orthogonal"),
+        ({"change_of_basis": [np.eye(3)]}, "shape"),
+        ({"centering": "mean"}, "centering"),
+        ({"groups": [0, 1]}, "2 group ids"),
+    ],
+)
+def test_layout_errors(kwargs, match):
+    args = {"field_irreps": [["v"]], "irrep_dims": {"v": 2}, "trivial": set(), "groups": [0]} | kwargs
+    with pytest.raises(ValueError, match=match):
+        FieldLayout(**args)
+
+
+def test_unknown_irrep_and_non_scalar_trivial():
+    with pytest.raises(ValueError, match="no entry in irrep_dims"):
+        FieldLayout([["x"]], {}, set(), [0])
+    with pytest.raises(ValueError, match="dimension 1"):
+        FieldLayout([["v"]], {"v": 2}, {"v"}, [0])
