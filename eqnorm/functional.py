@@ -12,8 +12,8 @@ For a sample ``n`` and channel ``c`` with ``P`` positions, from :math:`m_{nc}` a
     \beta_{nc} = b_c - a_{nc}\,\mathrm{cen}_{nc}.
 
 The heavy work is two passes over ``x`` forward and two backward (:mod:`eqnorm._ops`); the map
-:math:`(m, M_2, w, b) \mapsto (a, \beta)` is ordinary PyTorch on ``(N, C)`` tensors and is differentiated with
-:func:`torch.func.vjp` inside the backward pass, so only ``x`` and the ``(N, C)`` statistics are saved.
+:math:`(m, M_2, w, b) \mapsto (a, \beta)` is ordinary PyTorch on ``(N, C)`` tensors with its vector-Jacobian product
+in closed form (:mod:`eqnorm.coefficients`), so only ``x`` and the ``(N, C)`` statistics are saved for backward.
 """
 
 from __future__ import annotations
@@ -25,35 +25,7 @@ import torch
 from . import _ops
 from .layout import FieldLayout, LayoutOperators
 
-__all__ = ["affine_coefficients", "field_group_norm", "field_norm"]
-
-
-def affine_coefficients(
-    mean: torch.Tensor,
-    m2: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    ops: LayoutOperators,
-    positions: int,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The per-(sample, channel) affine map :math:`(a, \beta)` of the normalization.
-
-    Parameters
-    ----------
-    mean, m2
-        ``(N, C)`` per-channel mean and sum of squared deviations over ``positions`` positions.
-    weight, bias
-        ``(C,)`` channel-expanded weight :math:`w_{\mathrm{field}(c)}` and bias :math:`b_c` (zero off trivial irreps).
-    ops
-        The layout's operators, in the dtype of ``mean``.
-    """
-    cen = (mean @ ops.center_in) @ ops.center_out
-    dev = mean - cen
-    spread = m2 + positions * dev.square()
-    var = (spread @ ops.group_member) / (positions * ops.group_size)
-    a = weight * torch.rsqrt(var + eps).index_select(1, ops.group_of_channel)
-    return a, bias - a * cen
+__all__ = ["field_group_norm", "field_norm"]
 
 
 class _FieldNorm(torch.autograd.Function):
@@ -72,40 +44,33 @@ class _FieldNorm(torch.autograd.Function):
         mean, m2 = _ops.moments(x, channels_last)
         positions = x.shape[1 if channels_last else 2]
         acc = mean.dtype
-        a, beta = affine_coefficients(mean, m2, weight.to(acc), bias.to(acc), ops, positions, eps)
-        ctx.save_for_backward(x, mean, m2, weight, bias)
-        ctx.ops, ctx.eps, ctx.channels_last = ops, eps, channels_last
+        a, beta = _ops.coefficients(mean, m2, weight.to(acc), bias.to(acc), ops, positions, eps)
+        ctx.save_for_backward(x, mean, m2, weight)
+        ctx.ops, ctx.eps, ctx.channels_last, ctx.bias_dtype = ops, eps, channels_last, bias.dtype
         return _ops.affine(x, a, beta, channels_last)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, mean, m2, weight, bias = ctx.saved_tensors
+        x, mean, m2, weight = ctx.saved_tensors
         channels_last = ctx.channels_last
         positions = x.shape[1 if channels_last else 2]
         acc = mean.dtype
-
-        def coefficients(
-            mean: torch.Tensor, m2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            return affine_coefficients(mean, m2, weight, bias, ctx.ops, positions, ctx.eps)
-
-        # torch.func.vjp is typed as returning a third (aux) item; without has_aux it returns two
-        coeffs, vjp = torch.func.vjp(coefficients, mean, m2, weight.to(acc), bias.to(acc))[:2]
-        a = coeffs[0]
         dy = dy.contiguous()
         sum_dy, sum_dy_x = _ops.moments_backward(dy, x, channels_last)
-        grad_mean, grad_m2, grad_weight, grad_bias = vjp((sum_dy_x, sum_dy))
-        u = 2 * grad_m2
-        v = grad_mean / positions - u * mean
+        a, u, v, grad_weight, grad_bias = _ops.coefficients_backward(
+            sum_dy_x, sum_dy, mean, m2, weight.to(acc), ctx.ops, positions, ctx.eps
+        )
         dx = _ops.affine_backward(dy, x, a, u, v, channels_last)
-        return dx, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype), None, None, None
+        return dx, grad_weight.to(weight.dtype), grad_bias.to(ctx.bias_dtype), None, None, None
 
 
 def _rows(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """View ``(N, C, *spatial)`` as ``(N, C, P)``, or ``(N, P, C)`` for channels-last memory; copy only if neither."""
     n, c = x.shape[:2]
     if x.is_contiguous():
+        if x[0, 0].numel() == 1:  # point features: (N, C) is also (N, 1, C), which the passes walk far faster
+            return x.reshape(n, 1, c), True
         return x.reshape(n, c, -1), False
     last = x.movedim(1, -1)
     if last.is_contiguous():
@@ -118,14 +83,13 @@ def field_norm(
 ) -> torch.Tensor:
     r"""Normalize ``x`` of shape ``(N, C, *spatial)`` with precomputed operators.
 
-    ``weight`` ``(C,)`` and ``bias`` ``(C,)`` are already expanded to channels. This is the unchecked fast path behind
-    :func:`field_group_norm` and the modules.
+    ``weight`` ``(C,)`` and ``bias`` ``(C,)`` are already expanded to channels and ``ops`` is in the accumulation dtype
+    of ``x`` (float64 for float64, else float32). This is the unchecked fast path behind :func:`field_group_norm`.
     """
     if x.numel() == 0:
         return x.clone()
     rows, channels_last = _rows(x)
-    acc = _ops.accumulation_dtype(x.dtype)
-    y = _FieldNorm.apply(rows, weight, bias, ops.to(acc), eps, channels_last)
+    y = _FieldNorm.apply(rows, weight, bias, ops, eps, channels_last)
     if channels_last:
         return y.reshape(x.shape[0], *x.shape[2:], x.shape[1]).movedim(-1, 1)
     return y.reshape(x.shape)

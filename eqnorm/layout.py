@@ -28,6 +28,8 @@ class LayoutOperators(NamedTuple):
     - ``center_in`` ``(C, L)`` and ``center_out`` ``(L, C)``: :math:`\mathrm{cen} = (m\,A)\,B`.
     - ``group_member`` ``(C, G)``: one-hot channel-to-group matrix; ``group_size`` ``(G,)``: channels per group.
     - ``group_of_channel`` ``(C,)`` and ``field_of_channel`` ``(C,)``: integer indices.
+    - ``channels_by_group`` ``(C,)`` and ``group_start`` ``(G + 1,)``: the channels of group ``g`` are
+      ``channels_by_group[group_start[g]:group_start[g + 1]]``, in channel order.
     - ``bias_basis`` ``(C, T)``: the trivial basis vectors that carry the bias.
     """
 
@@ -38,6 +40,8 @@ class LayoutOperators(NamedTuple):
     group_of_channel: torch.Tensor
     field_of_channel: torch.Tensor
     bias_basis: torch.Tensor
+    channels_by_group: torch.Tensor
+    group_start: torch.Tensor
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> LayoutOperators:
         """Cast the floating operators to ``dtype`` and move everything to ``device``."""
@@ -144,17 +148,16 @@ class FieldLayout:
             if key in self.irrep_dims and self.irrep_dims[key] != 1:
                 raise ValueError(f"trivial irrep {key!r} must have dimension 1, got {self.irrep_dims[key]}")
         self.field_sizes = [sum(self.irrep_dims[k] for k in irreps) for irreps in self.field_irreps]
+        self.num_channels = sum(self.field_sizes)
         self.groups = _dense_group_ids(groups, self.num_fields)
         self.bases = self._orthogonal_bases(change_of_basis)
+        # built eagerly so that a traced or compiled forward only ever casts and moves them
+        self._float64 = self._build_operators()
         self._operators: dict[tuple[torch.dtype, torch.device], LayoutOperators] = {}
 
     @property
     def num_fields(self) -> int:
         return len(self.field_irreps)
-
-    @property
-    def num_channels(self) -> int:
-        return sum(self.field_sizes)
 
     @property
     def num_groups(self) -> int:
@@ -223,7 +226,7 @@ class FieldLayout:
         """The dense operators of this layout (see :class:`LayoutOperators`), built once per dtype and device."""
         key = (dtype, torch.device(device))
         if key not in self._operators:
-            self._operators[key] = self._build_operators().to(*key)
+            self._operators[key] = self._float64.to(*key)
         return self._operators[key]
 
     def _build_operators(self) -> LayoutOperators:
@@ -233,15 +236,22 @@ class FieldLayout:
         member = np.zeros((C, G))
         member[np.arange(C), group_of_channel] = 1.0
         center_in, center_out, bias_basis = self._centering_and_bias()
-        return LayoutOperators(
-            torch.from_numpy(center_in),
-            torch.from_numpy(center_out),
-            torch.from_numpy(member),
-            torch.from_numpy(member.sum(axis=0)),
-            torch.from_numpy(group_of_channel).long(),
-            torch.from_numpy(field_of_channel).long(),
-            torch.from_numpy(bias_basis),
+        by_group = np.argsort(group_of_channel, kind="stable")
+        start = np.concatenate([[0], np.cumsum(member.sum(axis=0))]).astype(np.int64)
+        arrays = (
+            center_in,
+            center_out,
+            member,
+            member.sum(axis=0),
+            group_of_channel,
+            field_of_channel,
+            bias_basis,
+            by_group,
+            start,
         )
+        # contiguous: the fused CUDA kernels index them as dense row-major arrays
+        ops = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+        return LayoutOperators(*(t.long() if not t.is_floating_point() else t for t in ops))
 
     def _components(self) -> list[tuple[int, Hashable, np.ndarray]]:
         """Every irrep copy as ``(field, irrep type, (C, dim) basis columns)``, trivial columns summing to >= 0."""

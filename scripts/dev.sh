@@ -4,6 +4,7 @@
 #   scripts/dev.sh test    the test suite
 #   scripts/dev.sh bench   the CPU benchmarks
 #   scripts/dev.sh lint    ruff and mypy
+#   scripts/dev.sh cuda-check   compile every CUDA source with nvcc for sm_80 and sm_90 (no GPU needed)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -24,6 +25,7 @@ setup() {
   fi
   local stamp
   stamp=$(cat pyproject.toml setup.py scripts/dev.sh $(find csrc -type f 2>/dev/null | sort) | sha256sum | cut -d' ' -f1)
+  stamp="$stamp ${EQNORM_REQUIRE_EXTENSION:-0}"
   if [ "$(cat "$venv/.eqnorm-setup-stamp" 2>/dev/null)" != "$stamp" ]; then
     echo "eqnorm setup: installing dependencies into .venv (log: .venv/setup.log)" >&2
     {
@@ -44,5 +46,13 @@ case "$job" in
   test) exec "$py" -m pytest -q "$@" ;;
   bench) exec "$py" benchmarks/cpu.py "$@" ;;
   lint) "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check . && "$venv/bin/mypy" ;;
-  *) echo "usage: scripts/dev.sh [check|test|bench|lint|setup] [args...]" >&2; exit 2 ;;
+  cuda-check)
+    tmp=$(mktemp -d)
+    for source in csrc/cuda/*.cu; do
+      nvcc -std=c++17 -O3 -Icsrc -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90 \
+        -c "$source" -o "$tmp/$(basename "$source").o"
+      echo "nvcc: $source compiles for sm_80 and sm_90"
+    done
+    rm -rf "$tmp" ;;
+  *) echo "usage: scripts/dev.sh [check|test|bench|lint|cuda-check|setup] [args...]" >&2; exit 2 ;;
 esac

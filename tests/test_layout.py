@@ -81,3 +81,8 @@ def test_unknown_irrep_and_non_scalar_trivial():
         FieldLayout([["x"]], {}, set(), [0])
     with pytest.raises(ValueError, match="dimension 1"):
         FieldLayout([["v"]], {"v": 2}, {"v"}, [0])
+
+
+def test_operators_are_contiguous():
+    ops = FieldLayout([["s", "v"], ["s"]], {"s": 1, "v": 2}, {"s"}, [0, 0], centering="all").operators(torch.float32)
+    assert all(t.is_contiguous() for t in ops)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# On a machine with a CUDA GPU and torch (no escnn needed): build the CUDA extension in place, run the kernel tests
+# on CPU and GPU, then the GPU benchmark. Logs go to $OUT (default benchmarks/out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-benchmarks/out}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+py="${PYTHON:-python3}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+nvcc --version | tail -n 2
+# Prefer the distribution's compiler: a toolchain whose libstdc++ differs from the one loaded at run time can break
+# C++ exceptions thrown across the extension boundary (every failed argument check then crashes the process).
+if [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
+rm -rf build eqnorm/_C*.so
+if ! EQNORM_CUDA=1 "$py" setup.py build_ext --inplace >"$out/build.log" 2>&1; then
+  tail -n 60 "$out/build.log"
+  exit 1
+fi
+echo "built: $("$py" -c 'import eqnorm; print(eqnorm.kernel_backend("cpu"), eqnorm.kernel_backend("cuda"))')"
+"$py" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_functional.py tests/test_coefficients.py "$@" 2>&1 | tee "$out/tests.log" | tail -n 25
+"$py" benchmarks/gpu.py | tee "$out/gpu.md"
