@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # eqnorm's one entry point: sets up .venv on first use (and whenever the build inputs change), then runs a job.
-#   scripts/dev.sh check   the equivariance check of the built-in default model (the main job)
+#   scripts/dev.sh check   eqnorm-check on its built-in default model (the main job); arguments go to eqnorm-check
 #   scripts/dev.sh test    the test suite
 #   scripts/dev.sh bench   the CPU benchmarks
 #   scripts/dev.sh lint    ruff and mypy
@@ -42,7 +42,7 @@ shift || true
 setup
 case "$job" in
   setup) ;;
-  check) exec "$py" examples/steerable_cnn.py "$@" ;;
+  check) exec "$venv/bin/eqnorm-check" "$@" ;;
   test) exec "$py" -m pytest -q "$@" ;;
   bench) exec "$py" benchmarks/cpu.py "$@" ;;
   lint) "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check . && "$venv/bin/mypy" ;;

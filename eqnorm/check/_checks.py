@@ -1,0 +1,324 @@
+r"""Equivariance checks of escnn and e3nn modules, as data: each check lists, per group element, the error
+:math:`\max |f(g x) - g f(x)|` and its size relative to :math:`\max |g f(x)|`.
+
+What is exact and what is not (DESIGN section 4):
+
+- the fiber action alone (channels transformed, positions untouched) is a symmetry of pointwise modules, such as
+  normalization layers and nonlinearities, and must hold to rounding for every group element;
+- group elements that permute the pixels or voxels of a grid (90-degree turns, flips) are exact symmetries of a
+  whole convolutional model;
+- any other rotation of a grid interpolates, so its error is reported apart and fails nothing unless asked;
+- a per-sample module's output for one sample does not change when the rest of the batch changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CheckResult", "Measurement", "Tolerance", "check_e3nn", "check_escnn"]
+
+
+@dataclass
+class Tolerance:
+    """A measurement passes when ``abs_error <= atol`` or ``rel_error <= rtol``."""
+
+    atol: float
+    rtol: float
+
+    @classmethod
+    def for_dtype(cls, dtype: torch.dtype) -> Tolerance:
+        if dtype == torch.float64:
+            return cls(1e-12, 1e-9)
+        if dtype == torch.float32:
+            return cls(1e-7, 1e-5)
+        return cls(1e-3, 1e-2)
+
+    def accepts(self, abs_error: float, rel_error: float) -> bool:
+        return abs_error <= self.atol or rel_error <= self.rtol
+
+
+@dataclass
+class Measurement:
+    element: str
+    abs_error: float
+    rel_error: float
+    passed: bool | None  # None: reported only
+
+
+@dataclass
+class CheckResult:
+    name: str
+    mode: str
+    measurements: list[Measurement] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return all(m.passed is not False for m in self.measurements)
+
+
+def _errors(got: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+    err = (got - expected).abs().max().item() if got.numel() else 0.0
+    scale = expected.abs().max().item() if expected.numel() else 0.0
+    return err, err / scale if scale > 0 else err
+
+
+def _measure(label: str, got: torch.Tensor, expected: torch.Tensor, tolerance: Tolerance | None) -> Measurement:
+    err, rel = _errors(got, expected)
+    return Measurement(label, err, rel, None if tolerance is None else tolerance.accepts(err, rel))
+
+
+def _batch_check(
+    run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str, tolerance: Tolerance | None, note: str
+) -> CheckResult:
+    """Sample 0's output must not move when samples 1.. are replaced by other data."""
+    other = x.clone()
+    other[1:] = torch.randn_like(other[1:]) * 10 + 3
+    got, expected = run(other)[:1], run(x)[:1]
+    return CheckResult("batch independence", mode, [_measure("sample 0", got, expected, tolerance)], note)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# escnn
+
+
+def _smooth_input(in_type: Any, batch: int, size: int, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """Blurred noise inside a centred disc (ball): rotations move little of it off the grid."""
+    dims = in_type.gspace.dimensionality
+    shape = (batch, in_type.size) + (size,) * dims
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if dims == 0:
+        return x.to(dtype)
+    pool = {2: torch.nn.functional.avg_pool2d, 3: torch.nn.functional.avg_pool3d}[dims]
+    for _ in range(2):
+        x = pool(x, 3, stride=1, padding=1, count_include_pad=False)
+    axes = torch.meshgrid(*(torch.linspace(-1, 1, size, dtype=torch.float64),) * dims, indexing="ij")
+    radius = torch.stack([a.square() for a in axes]).sum(0).sqrt()
+    x = x / x.std() * (radius < 0.8)
+    return (x + torch.randn(shape[:2] + (1,) * dims, generator=gen, dtype=torch.float64) * (radius < 0.8)).to(dtype)
+
+
+def _is_grid_symmetry(gspace: Any, element: Any) -> bool:
+    action = np.abs(np.asarray(gspace.basespace_action(element)))
+    ones = np.isclose(action, 1.0)
+    return bool((ones | np.isclose(action, 0.0)).all() and (ones.sum(0) == 1).all() and (ones.sum(1) == 1).all())
+
+
+def _elements(group: Any, samples: int) -> list[Any]:
+    elements = list(group.testing_elements())
+    if len(elements) > samples:
+        picks = sorted(set(np.linspace(0, len(elements) - 1, samples).round().astype(int).tolist()))
+        elements = [elements[i] for i in picks]
+    return elements
+
+
+def _mixes_positions(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tolerance: Tolerance) -> bool:
+    """Whether the module couples positions (a convolution does; a norm pooling over all positions does not)."""
+    if x.dim() <= 2:
+        return False
+    n, c = x.shape[:2]
+    perm = torch.randperm(x[0, 0].numel(), generator=torch.Generator().manual_seed(1))
+    flat = x.reshape(n, c, -1)
+    shuffled = flat[:, :, perm].reshape(x.shape)
+    y = run(x)
+    if y.shape[2:] != x.shape[2:]:
+        return True
+    err, rel = _errors(run(shuffled).reshape(n, y.shape[1], -1), y.reshape(n, y.shape[1], -1)[:, :, perm])
+    return not tolerance.accepts(err, rel)
+
+
+def _compare(
+    run: Callable[[torch.Tensor], torch.Tensor],
+    x: Any,
+    y: Any,
+    check: CheckResult,
+    elements: list[Any],
+    whole: bool,
+    tolerance: Tolerance | None,
+    mask: torch.Tensor | None = None,
+) -> CheckResult:
+    """``run(g x)`` against ``g y`` for each element, moving the whole field (``whole``) or the fibers only, compared
+    where ``mask`` is set (everywhere if it is None)."""
+    for g in elements:
+        moved_in = x.transform(g) if whole else x.transform_fibers(g)
+        got, expected = run(moved_in.tensor), (y.transform(g) if whole else y.transform_fibers(g)).tensor
+        if mask is not None:
+            got, expected = got * mask, expected * mask
+        check.measurements.append(_measure(str(g), got, expected, tolerance))
+    return check
+
+
+def _centre_mask(like: torch.Tensor, radius: float = 0.5) -> torch.Tensor:
+    """1 inside a centred disc (ball) of the grid, 0 outside: where a rotated grid still has all its data."""
+    axes = torch.meshgrid(*(torch.linspace(-1, 1, n, dtype=like.dtype) for n in like.shape[2:]), indexing="ij")
+    inside = torch.stack([a.square() for a in axes]).sum(0) < radius**2
+    return inside.to(like.dtype).reshape(1, 1, *like.shape[2:])
+
+
+def _contains_batch_norm(module: Any) -> bool:
+    return any("BatchNorm" in type(m).__name__ for m in module.modules())
+
+
+def check_escnn(
+    module: Any,
+    modes: Sequence[str],
+    dtype: torch.dtype,
+    tolerance: Tolerance,
+    samples: int = 16,
+    seed: int = 0,
+    grad: bool = False,
+    interpolation_rtol: float | None = None,
+    x: torch.Tensor | None = None,
+) -> list[CheckResult]:
+    """Every check of the module docstring for an escnn ``EquivariantModule``."""
+    from escnn.nn import GeometricTensor
+
+    in_type, out_type = module.in_type, module.out_type
+    gspace = in_type.gspace
+    gen = torch.Generator().manual_seed(seed)
+    size = 17 if gspace.dimensionality == 2 else 9
+    module.to(dtype)
+    x = _smooth_input(in_type, 4, size, dtype, gen) if x is None else x.to(dtype)
+
+    def run(t: torch.Tensor) -> torch.Tensor:
+        return module(GeometricTensor(t, in_type)).tensor
+
+    elements = _elements(gspace.fibergroup, samples)
+    grid = [g for g in elements if gspace.dimensionality > 0 and _is_grid_symmetry(gspace, g)]
+    interpolated = [g for g in elements if gspace.dimensionality > 0 and not _is_grid_symmetry(gspace, g)]
+    results = []
+    for mode in modes:
+        module.train(mode == "train")
+        with torch.no_grad():
+            pointwise = not _mixes_positions(run, x, tolerance)
+            y = GeometricTensor(run(x), out_type)
+            gx = GeometricTensor(x, in_type)
+            if pointwise or gspace.dimensionality == 0:
+                results.append(
+                    _compare(run, gx, y, CheckResult("fiber equivariance", mode), elements, False, tolerance)
+                )
+            else:
+                note = (
+                    "skipped: the module mixes positions (convolution), so the fiber action alone is no symmetry; "
+                    "the grid checks below are exact"
+                )
+                results.append(CheckResult("fiber equivariance", mode, note=note))
+            if grid:
+                results.append(
+                    _compare(run, gx, y, CheckResult("grid symmetries (exact)", mode), grid, True, tolerance)
+                )
+            if interpolated:
+                note = (
+                    "rotating a grid by these angles interpolates; compared inside the centre disc, reported, not "
+                    "failed, unless asked"
+                )
+                interp_tol = None if interpolation_rtol is None else Tolerance(0.0, interpolation_rtol)
+                check = CheckResult("interpolated rotations", mode, note=note)
+                mask = _centre_mask(y.tensor)
+                results.append(_compare(run, gx, y, check, interpolated, True, interp_tol, mask))
+            batch_required = mode == "eval" or not _contains_batch_norm(module)
+            note = "" if batch_required else "reported only: the module holds a batch norm in train mode"
+            results.append(_batch_check(run, x, mode, tolerance if batch_required else None, note))
+        if grad:
+            results.append(
+                _gradient_check(
+                    module, run, x, grid if not pointwise else elements, not pointwise, mode, tolerance, gen
+                )
+            )
+    return results
+
+
+def _gradient_check(
+    module: Any,
+    run: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    elements: list[Any],
+    whole: bool,
+    mode: str,
+    tolerance: Tolerance,
+    gen: torch.Generator,
+) -> CheckResult:
+    """The input gradient of <f(x), v> transforms like x: grad(g x, g v) = g grad(x, v)."""
+    from escnn.nn import GeometricTensor
+
+    in_type, out_type = module.in_type, module.out_type
+
+    def act(t: torch.Tensor, field_type: Any, g: Any) -> torch.Tensor:
+        gt = GeometricTensor(t, field_type)
+        return (gt.transform(g) if whole else gt.transform_fibers(g)).tensor
+
+    def input_grad(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        t = t.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(run(t), t, v)
+        return grad
+
+    with torch.no_grad():
+        v = torch.randn(run(x).shape, generator=gen, dtype=torch.float64).to(x.dtype)
+    base = input_grad(x, v)
+    check = CheckResult("gradient equivariance", mode)
+    for g in elements:
+        got = input_grad(act(x, in_type, g), act(v, out_type, g))
+        check.measurements.append(_measure(str(g), got, act(base, in_type, g), tolerance))
+    return check
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# e3nn
+
+
+def check_e3nn(
+    module: Any,
+    modes: Sequence[str],
+    dtype: torch.dtype,
+    tolerance: Tolerance,
+    samples: int = 16,
+    seed: int = 0,
+    grad: bool = False,
+    x: torch.Tensor | None = None,
+) -> list[CheckResult]:
+    """Rotations and inversions of an e3nn module with ``irreps_in`` and ``irreps_out`` on ``(batch, dim)`` inputs."""
+    from e3nn import o3
+
+    irreps_in, irreps_out = o3.Irreps(module.irreps_in), o3.Irreps(module.irreps_out)
+    gen = torch.Generator().manual_seed(seed)
+    module.to(dtype)
+    x = torch.randn(4, irreps_in.dim, generator=gen, dtype=torch.float64).to(dtype) if x is None else x.to(dtype)
+    rotations = []
+    for k in range(samples):
+        q = torch.randn(4, generator=gen, dtype=torch.float64)
+        rotation = o3.quaternion_to_matrix(q / q.norm())
+        rotations.append((f"rotation {k}" + (" with inversion" if k % 2 else ""), rotation * (-1 if k % 2 else 1)))
+    results = []
+    for mode in modes:
+        module.train(mode == "train")
+        check = CheckResult("rotation and parity equivariance", mode)
+        with torch.no_grad():
+            y = module(x)
+            for label, matrix in rotations:
+                d_in = irreps_in.D_from_matrix(matrix).to(dtype)
+                d_out = irreps_out.D_from_matrix(matrix).to(dtype)
+                check.measurements.append(_measure(label, module(x @ d_in.T), y @ d_out.T, tolerance))
+            results.append(check)
+            results.append(_batch_check(module, x, mode, tolerance, ""))
+        if grad:
+            gcheck = CheckResult("gradient equivariance", mode)
+            v = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)
+
+            def input_grad(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                t = t.clone().requires_grad_()
+                return torch.autograd.grad(module(t), t, w)[0]
+
+            base = input_grad(x, v)
+            for label, matrix in rotations:
+                d_in = irreps_in.D_from_matrix(matrix).to(dtype)
+                d_out = irreps_out.D_from_matrix(matrix).to(dtype)
+                gcheck.measurements.append(
+                    _measure(label, input_grad(x @ d_in.T, v @ d_out.T), base @ d_in.T, tolerance)
+                )
+            results.append(gcheck)
+    return results

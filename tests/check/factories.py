@@ -1,0 +1,94 @@
+"""Modules for eqnorm-check's tests: escnn layers that are equivariant, and layers broken in the usual ways."""
+
+import torch
+from escnn import gspaces, nn
+
+
+def _regular_type(fields=4):
+    gs = gspaces.rot2dOnR2(8)
+    return nn.FieldType(gs, fields * [gs.regular_repr])
+
+
+class Wrapped(nn.EquivariantModule):
+    """A plain torch module applied to the tensor of a GeometricTensor, claiming to be equivariant."""
+
+    def __init__(self, in_type, inner):
+        super().__init__()
+        self.in_type = self.out_type = in_type
+        self.inner = inner
+
+    def forward(self, x):
+        return nn.GeometricTensor(self.inner(x.tensor), self.out_type)
+
+    def evaluate_output_shape(self, shape):
+        return shape
+
+
+class AddBias(torch.nn.Module):
+    def __init__(self, bias):
+        super().__init__()
+        self.bias = torch.nn.Parameter(bias)
+
+    def forward(self, x):
+        return x + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def r2conv():
+    ft = _regular_type(2)
+    gs = ft.gspace
+    return nn.R2Conv(nn.FieldType(gs, [gs.trivial_repr]), ft, kernel_size=3, padding=1)
+
+
+def relu():
+    return nn.ReLU(_regular_type())
+
+
+def channel_batchnorm():
+    """Per-channel batch norm on regular fields: in eval, channels of one field get different statistics."""
+    ft = _regular_type()
+    bn = torch.nn.BatchNorm2d(ft.size)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    return Wrapped(ft, bn)
+
+
+def splitting_group_norm():
+    """torch GroupNorm with groups of 4 channels on fields of 8: the groups split fields."""
+    ft = _regular_type()
+    return Wrapped(ft, torch.nn.GroupNorm(ft.size // 4, ft.size))
+
+
+def vector_bias():
+    """A bias on a vector (irrep 1) field."""
+    gs = gspaces.rot2dOnR2(8)
+    ft = nn.FieldType(gs, [gs.trivial_repr, gs.irrep(1)])
+    return Wrapped(ft, AddBias(torch.tensor([0.5, 1.0, -1.0])))
+
+
+def raises():
+    raise RuntimeError("no model today")
+
+
+def not_a_module():
+    return 42
+
+
+def e3nn_linear():
+    from e3nn import o3
+
+    torch.manual_seed(0)
+    return o3.Linear("2x0e+1x1o", "1x0e+2x1o")
+
+
+class _E3nnShift(torch.nn.Module):
+    """Adds a constant to the first vector component: not equivariant."""
+
+    irreps_in = irreps_out = "1x0e+1x1o"
+
+    def forward(self, x):
+        return x + torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=x.dtype)
+
+
+def e3nn_shift():
+    return _E3nnShift()
