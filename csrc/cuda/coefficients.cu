@@ -1,6 +1,6 @@
-// One block per sample: the centering (two small mat-vecs), the group sums (a warp per group, lanes striding over the
-// group's channels, then a fixed shuffle tree: deterministic) and the affine coefficients, all in shared memory; the backward kernel does the
-// closed-form vector-Jacobian product of eqnorm/coefficients.py the same way.
+// One block per sample: the centering (two small mat-vecs) and the group sums, each a warp per output with lanes
+// striding over the channels and a fixed shuffle tree (deterministic), then the affine coefficients, all in shared
+// memory; the backward kernel does the closed-form vector-Jacobian product of eqnorm/coefficients.py the same way.
 #include "coefficients.h"
 
 namespace eqnorm_cuda {
@@ -9,13 +9,28 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 
+// out[l] = sum_c x[c] * matrix[c * in_stride + l * out_stride], a warp per output.
+template <typename A>
+__device__ void warp_matvec(const A* x, const A* matrix, int64_t inputs, int64_t outputs, int64_t in_stride,
+                            int64_t out_stride, A* out) {
+  const int lane = threadIdx.x % kWarp;
+  for (int64_t l = threadIdx.x / kWarp; l < outputs; l += blockDim.x / kWarp) {
+    A acc = 0;
+    for (int64_t c = lane; c < inputs; c += kWarp) acc += x[c] * matrix[c * in_stride + l * out_stride];
+#pragma unroll
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
+    if (lane == 0) out[l] = acc;
+  }
+}
+
 // out[g] = f(g, sum of values[c] over the channels c of group g), one warp per group.
 template <typename A, typename F>
 __device__ void group_sums(const A* values, const Centering<A>& op, F f) {
   const int lane = threadIdx.x % kWarp;
   for (int64_t g = threadIdx.x / kWarp; g < op.groups; g += blockDim.x / kWarp) {
     A acc = 0;
-    for (int64_t k = op.group_start[g] + lane; k < op.group_start[g + 1]; k += kWarp) acc += values[op.channels_by_group[k]];
+    for (int64_t k = op.group_start[g] + lane; k < op.group_start[g + 1]; k += kWarp)
+      acc += values[op.channels_by_group[k]];
 #pragma unroll
     for (int offset = kWarp / 2; offset > 0; offset /= 2) acc += __shfl_down_sync(0xffffffffu, acc, offset);
     if (lane == 0) f(g, acc);
@@ -36,11 +51,7 @@ template <typename A> struct Shared {
 template <typename A>
 __device__ void statistics(const A* m, const A* m2, const Centering<A>& op, A P, A eps, Shared<A>& sh) {
   const int64_t C = op.channels, L = op.classes;
-  for (int64_t l = threadIdx.x; l < L; l += blockDim.x) {
-    A acc = 0;
-    for (int64_t c = 0; c < C; ++c) acc += m[c] * op.center_in[c * L + l];
-    sh.z[l] = acc;
-  }
+  warp_matvec(m, op.center_in, C, L, L, 1, sh.z);  // z = m Ain
   __syncthreads();
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
     A acc = 0;
@@ -108,11 +119,7 @@ __global__ void backward_kernel(const A* grad_a, const A* grad_beta, const A* me
       sh.work[c] = -ac * grad_beta[n * C + c] - gdev;
     }
     __syncthreads();
-    for (int64_t l = threadIdx.x; l < L; l += blockDim.x) {
-      A acc = 0;
-      for (int64_t c = 0; c < C; ++c) acc += sh.work[c] * op.center_out[l * C + c];
-      sh.z[l] = acc;
-    }
+    warp_matvec(sh.work, op.center_out, C, L, 1, C, sh.z);  // z = (cotangent of cen) Aout^T
     __syncthreads();
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
       A acc = 0;
