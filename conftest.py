@@ -2,4 +2,6 @@
 
 import importlib.util
 
-collect_ignore_glob = [] if importlib.util.find_spec("escnn") else ["tests/escnn/*", "eqnorm/escnn/*"]
+collect_ignore_glob = (
+    [] if importlib.util.find_spec("escnn") else ["tests/escnn/*", "tests/check/*", "eqnorm/escnn/*", "eqnorm/check/*"]
+)

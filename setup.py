@@ -57,7 +57,7 @@ def build_ext_class() -> dict:
 
     required = os.environ.get("EQNORM_REQUIRE_EXTENSION") == "1" or os.environ.get("EQNORM_CUDA") == "1"
 
-    class OptionalBuildExtension(BuildExtension.with_options(no_python_abi_suffix=True)):  # type: ignore[misc]
+    class OptionalBuildExtension(BuildExtension.with_options(no_python_abi_suffix=True)):
         def run(self) -> None:
             try:
                 super().run()

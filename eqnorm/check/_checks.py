@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 __all__ = ["CheckResult", "Measurement", "Tolerance", "check_e3nn", "check_escnn"]
@@ -103,20 +102,6 @@ def _smooth_input(in_type: Any, batch: int, size: int, dtype: torch.dtype, gen: 
     return (x + torch.randn(shape[:2] + (1,) * dims, generator=gen, dtype=torch.float64) * (radius < 0.8)).to(dtype)
 
 
-def _is_grid_symmetry(gspace: Any, element: Any) -> bool:
-    action = np.abs(np.asarray(gspace.basespace_action(element)))
-    ones = np.isclose(action, 1.0)
-    return bool((ones | np.isclose(action, 0.0)).all() and (ones.sum(0) == 1).all() and (ones.sum(1) == 1).all())
-
-
-def _elements(group: Any, samples: int) -> list[Any]:
-    elements = list(group.testing_elements())
-    if len(elements) > samples:
-        picks = sorted(set(np.linspace(0, len(elements) - 1, samples).round().astype(int).tolist()))
-        elements = [elements[i] for i in picks]
-    return elements
-
-
 def _mixes_positions(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tolerance: Tolerance) -> bool:
     """Whether the module couples positions (a convolution does; a norm pooling over all positions does not)."""
     if x.dim() <= 2:
@@ -178,6 +163,8 @@ def check_escnn(
     """Every check of the module docstring for an escnn ``EquivariantModule``."""
     from escnn.nn import GeometricTensor
 
+    from ..escnn import is_grid_symmetry, sample_elements
+
     in_type, out_type = module.in_type, module.out_type
     gspace = in_type.gspace
     gen = torch.Generator().manual_seed(seed)
@@ -188,9 +175,9 @@ def check_escnn(
     def run(t: torch.Tensor) -> torch.Tensor:
         return module(GeometricTensor(t, in_type)).tensor
 
-    elements = _elements(gspace.fibergroup, samples)
-    grid = [g for g in elements if gspace.dimensionality > 0 and _is_grid_symmetry(gspace, g)]
-    interpolated = [g for g in elements if gspace.dimensionality > 0 and not _is_grid_symmetry(gspace, g)]
+    elements = sample_elements(gspace, samples)
+    grid = [g for g in elements if gspace.dimensionality > 0 and is_grid_symmetry(gspace, g)]
+    interpolated = [g for g in elements if gspace.dimensionality > 0 and not is_grid_symmetry(gspace, g)]
     results = []
     for mode in modes:
         module.train(mode == "train")
