@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a machine with a CUDA GPU and torch (no escnn needed): build the CUDA extension in place, run the kernel tests
+# On a machine with a CUDA GPU, torch and e3nn (no escnn needed): build the CUDA extension in place, run the kernel tests
 # on CPU and GPU, then the GPU benchmark. Logs go to $OUT (default benchmarks/out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,5 +19,5 @@ if ! EQNORM_CUDA=1 "$py" setup.py build_ext --inplace >"$out/build.log" 2>&1; th
   exit 1
 fi
 echo "built: $("$py" -c 'import eqnorm; print(eqnorm.kernel_backend("cpu"), eqnorm.kernel_backend("cuda"))')"
-"$py" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_functional.py tests/test_coefficients.py "$@" 2>&1 | tee "$out/tests.log" | tail -n 25
+"$py" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_functional.py tests/test_coefficients.py tests/e3nn "$@" 2>&1 | tee "$out/tests.log" | tail -n 25
 "$py" benchmarks/gpu.py | tee "$out/gpu.md"

@@ -25,7 +25,7 @@ import torch
 from . import _ops
 from .layout import FieldLayout, LayoutOperators
 
-__all__ = ["field_group_norm", "field_norm"]
+__all__ = ["field_group_norm", "field_norm", "field_norm_segments"]
 
 
 class _FieldNorm(torch.autograd.Function):
@@ -40,29 +40,40 @@ class _FieldNorm(torch.autograd.Function):
         ops: LayoutOperators,
         eps: float,
         channels_last: bool,
+        ptr: torch.Tensor | None,
     ) -> torch.Tensor:
-        mean, m2 = _ops.moments(x, channels_last)
-        positions = x.shape[1 if channels_last else 2]
+        mean, m2 = _ops.moments(x, channels_last, ptr)
+        positions = _positions(x, channels_last, ptr, mean.dtype)
         acc = mean.dtype
         a, beta = _ops.coefficients(mean, m2, weight.to(acc), bias.to(acc), ops, positions, eps)
-        ctx.save_for_backward(x, mean, m2, weight)
+        ctx.save_for_backward(x, mean, m2, weight, ptr)
         ctx.ops, ctx.eps, ctx.channels_last, ctx.bias_dtype = ops, eps, channels_last, bias.dtype
-        return _ops.affine(x, a, beta, channels_last)
+        return _ops.affine(x, a, beta, channels_last, ptr)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, mean, m2, weight = ctx.saved_tensors
+        x, mean, m2, weight, ptr = ctx.saved_tensors
         channels_last = ctx.channels_last
-        positions = x.shape[1 if channels_last else 2]
         acc = mean.dtype
+        positions = _positions(x, channels_last, ptr, acc)
         dy = dy.contiguous()
-        sum_dy, sum_dy_x = _ops.moments_backward(dy, x, channels_last)
+        sum_dy, sum_dy_x = _ops.moments_backward(dy, x, channels_last, ptr)
         a, u, v, grad_weight, grad_bias = _ops.coefficients_backward(
             sum_dy_x, sum_dy, mean, m2, weight.to(acc), ctx.ops, positions, ctx.eps
         )
-        dx = _ops.affine_backward(dy, x, a, u, v, channels_last)
-        return dx, grad_weight.to(weight.dtype), grad_bias.to(ctx.bias_dtype), None, None, None
+        dx = _ops.affine_backward(dy, x, a, u, v, channels_last, ptr)
+        return dx, grad_weight.to(weight.dtype), grad_bias.to(ctx.bias_dtype), None, None, None, None
+
+
+def _positions(
+    x: torch.Tensor, channels_last: bool, ptr: torch.Tensor | None, dtype: torch.dtype
+) -> int | torch.Tensor:
+    """Positions per sample: an int, or ``(N, 1)`` counts of a ragged input (at least 1: an empty segment has zero
+    statistics and no output, and must not divide by zero)."""
+    if ptr is None:
+        return x.shape[1 if channels_last else 2]
+    return ptr.diff().clamp(min=1).to(dtype).unsqueeze(1)
 
 
 def _rows(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -89,10 +100,20 @@ def field_norm(
     if x.numel() == 0:
         return x.clone()
     rows, channels_last = _rows(x)
-    y = _FieldNorm.apply(rows, weight, bias, ops, eps, channels_last)
+    y = _FieldNorm.apply(rows, weight, bias, ops, eps, channels_last, None)
     if channels_last:
         return y.reshape(x.shape[0], *x.shape[2:], x.shape[1]).movedim(-1, 1)
     return y.reshape(x.shape)
+
+
+def field_norm_segments(
+    x: torch.Tensor, ptr: torch.Tensor, ops: LayoutOperators, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """:func:`field_norm` with statistics per segment: ``x`` ``(positions, C)``, segment ``n`` owning rows
+    ``ptr[n]:ptr[n+1]`` (graph nodes sorted by graph)."""
+    if x.numel() == 0:
+        return x.clone()
+    return _FieldNorm.apply(x.contiguous(), weight, bias, ops, eps, True, ptr.contiguous())
 
 
 def check_input(x: Any, layout: FieldLayout) -> None:
@@ -135,6 +156,8 @@ def field_group_norm(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     eps: float = 1e-5,
+    *,
+    ptr: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Equivariant group normalization of ``x`` ``(N, C, *spatial)`` following ``layout``.
 
@@ -150,6 +173,9 @@ def field_group_norm(
         ``(layout.num_trivial,)`` bias per trivial irrep copy, or ``None`` for zeros.
     eps
         Added to the variance, :math:`a = w / \sqrt{\sigma^2 + \epsilon}`.
+    ptr
+        Ragged samples instead of a batch axis: ``x`` is ``(positions, C)`` and sample ``n`` owns rows
+        ``ptr[n]:ptr[n+1]`` (``N + 1`` int64 offsets, e.g. graph nodes sorted by graph).
 
     Returns
     -------
@@ -165,9 +191,16 @@ def field_group_norm(
     """
     check_input(x, layout)
     eps = check_eps(eps)
+    if ptr is not None and (x.dim() != 2 or ptr.dim() != 1 or ptr.dtype != torch.long):
+        raise ValueError(
+            f"with ptr, x must be (positions, C) and ptr 1D int64 offsets; got x {tuple(x.shape)}, ptr "
+            f"{tuple(ptr.shape)} {ptr.dtype}"
+        )
     for name, param, size in (("weight", weight, layout.num_fields), ("bias", bias, layout.num_trivial)):
         if param is not None and tuple(param.shape) != (size,):
             raise ValueError(f"{name} must have shape ({size},), got {tuple(param.shape)}")
     ops = layout.operators(_ops.accumulation_dtype(x.dtype), x.device)
     w, b = expand_parameters(ops, weight, bias, layout.num_channels)
+    if ptr is not None:
+        return field_norm_segments(x, ptr, ops, w, b, eps)
     return field_norm(x, ops, w, b, eps)

@@ -105,6 +105,9 @@ class FieldLayout:
         Group id of each field (any integers; relabelled ``0..G-1`` in order of first appearance).
     change_of_basis
         For each field, its orthogonal :math:`Q_i` (``None`` for the identity). Non-orthogonal matrices are refused.
+    channel_order
+        Where the fields' channels sit in the tensor when they are not consecutive: tensor channel
+        ``channel_order[c]`` holds channel ``c`` of the fields laid end to end (e.g. cuEquivariance's ``ir_mul``).
     centering
         ``"trivial"``, ``"all"`` or ``"none"``.
     field_names
@@ -128,6 +131,7 @@ class FieldLayout:
         change_of_basis: Sequence[Any | None] | None = None,
         centering: str = "trivial",
         field_names: Sequence[str] | None = None,
+        channel_order: Sequence[int] | None = None,
     ) -> None:
         if centering not in CENTERINGS:
             raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
@@ -151,6 +155,9 @@ class FieldLayout:
         self.num_channels = sum(self.field_sizes)
         self.groups = _dense_group_ids(groups, self.num_fields)
         self.bases = self._orthogonal_bases(change_of_basis)
+        self.channel_order = None if channel_order is None else np.asarray(channel_order, dtype=np.int64)
+        if self.channel_order is not None and sorted(self.channel_order.tolist()) != list(range(self.num_channels)):
+            raise ValueError(f"channel_order must be a permutation of range({self.num_channels})")
         # built eagerly so that a traced or compiled forward only ever casts and moves them
         self._float64 = self._build_operators()
         self._operators: dict[tuple[torch.dtype, torch.device], LayoutOperators] = {}
@@ -218,6 +225,47 @@ class FieldLayout:
         return cls(irreps, dims, trivial, ids, [rep.change_of_basis for rep in reps], centering, names)
 
     @classmethod
+    def from_irreps(
+        cls,
+        irreps: Any,
+        num_groups: int | None = None,
+        group_by: str | Sequence[int] = "contiguous",
+        centering: str = "trivial",
+        layout: str = "mul_ir",
+    ) -> FieldLayout:
+        """Layout of an e3nn ``Irreps``: every irrep copy is a field; only ``0e`` is trivial.
+
+        ``group_by`` is ``"contiguous"``, ``"field"``, ``"irrep"`` (one group per irrep type, i.e. per degree and
+        parity) or one group id per copy. ``layout`` is ``"mul_ir"`` (e3nn) or ``"ir_mul"`` (cuEquivariance: the
+        copies of a ``mul x ir`` block interleaved component by component).
+        """
+        try:
+            blocks = [(int(mul), int(ir.l), int(ir.p)) for mul, ir in irreps]
+        except (TypeError, AttributeError, ValueError):
+            raise TypeError(f"expected e3nn Irreps, got {type(irreps).__name__}") from None
+        if layout not in ("mul_ir", "ir_mul"):
+            raise ValueError(f"layout must be 'mul_ir' or 'ir_mul', got {layout!r}")
+        copies = [(l, p) for mul, l, p in blocks for _ in range(mul)]
+        if not copies:
+            raise ValueError("irreps must hold at least one irrep copy")
+        dims: dict[Hashable, int] = {key: 2 * key[0] + 1 for key in copies}
+        names = [f"copy {i} ({l}{'e' if p == 1 else 'o'})" for i, (l, p) in enumerate(copies)]
+        if group_by == "irrep":
+            if num_groups is not None:
+                raise ValueError("group_by='irrep' sets the groups itself; leave num_groups as None")
+            ids = [sorted(set(copies)).index(key) for key in copies]
+        else:
+            ids = resolve_groups(len(copies), num_groups, group_by)
+        order = None
+        if layout == "ir_mul":
+            order, offset = [], 0
+            for mul, l, _ in blocks:
+                d = 2 * l + 1
+                order += [offset + m * mul + u for u in range(mul) for m in range(d)]
+                offset += mul * d
+        return cls([[key] for key in copies], dims, {(0, 1)}, ids, None, centering, names, order)
+
+    @classmethod
     def scalars(cls, num_channels: int, num_groups: int, centering: str = "trivial") -> FieldLayout:
         """``num_channels`` trivial fields in ``num_groups`` contiguous groups: ``torch.nn.GroupNorm``'s layout."""
         return cls([[0]] * num_channels, {0: 1}, {0}, contiguous_groups(num_channels, num_groups), centering=centering)
@@ -232,10 +280,14 @@ class FieldLayout:
     def _build_operators(self) -> LayoutOperators:
         C, G = self.num_channels, self.num_groups
         field_of_channel = np.repeat(np.arange(self.num_fields), self.field_sizes)
+        center_in, center_out, bias_basis = self._centering_and_bias()
+        if self.channel_order is not None:  # index every channel-indexed operator by tensor channel instead
+            tensor_to_field = np.argsort(self.channel_order)
+            field_of_channel, center_in = field_of_channel[tensor_to_field], center_in[tensor_to_field]
+            center_out, bias_basis = center_out[:, tensor_to_field], bias_basis[tensor_to_field]
         group_of_channel = np.asarray(self.groups)[field_of_channel]
         member = np.zeros((C, G))
         member[np.arange(C), group_of_channel] = 1.0
-        center_in, center_out, bias_basis = self._centering_and_bias()
         by_group = np.argsort(group_of_channel, kind="stable")
         start = np.concatenate([[0], np.cumsum(member.sum(axis=0))]).astype(np.int64)
         arrays = (

@@ -49,8 +49,9 @@ class FieldNorm(torch.nn.Module):
             self.weight = torch.nn.Parameter(torch.ones(layout.num_fields))
             self.bias = torch.nn.Parameter(torch.zeros(layout.num_trivial))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return field_group_norm(x, self.layout, self.weight, self.bias, self.eps)
+    def forward(self, x: torch.Tensor, ptr: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(N, C, *spatial)``, or ``(positions, C)`` with segment offsets ``ptr``."""
+        return field_group_norm(x, self.layout, self.weight, self.bias, self.eps, ptr=ptr)
 
     def extra_repr(self) -> str:
         return f"{self.layout}, eps={self.eps}, affine={self.weight is not None}"

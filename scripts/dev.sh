@@ -2,7 +2,7 @@
 # eqnorm's one entry point: sets up .venv on first use (and whenever the build inputs change), then runs a job.
 #   scripts/dev.sh check   eqnorm-check on its built-in default model (the main job); arguments go to eqnorm-check
 #   scripts/dev.sh test    the test suite
-#   scripts/dev.sh bench   the CPU benchmarks
+#   scripts/dev.sh bench   the CPU benchmarks (escnn shapes, then the e3nn layers)
 #   scripts/dev.sh lint    ruff and mypy
 #   scripts/dev.sh cuda-check   compile every CUDA source with nvcc for sm_80 and sm_90 (no GPU needed)
 set -euo pipefail
@@ -44,7 +44,7 @@ case "$job" in
   setup) ;;
   check) exec "$venv/bin/eqnorm-check" "$@" ;;
   test) exec "$py" -m pytest -q "$@" ;;
-  bench) exec "$py" benchmarks/cpu.py "$@" ;;
+  bench) "$py" benchmarks/cpu.py "$@" && "$py" benchmarks/e3nn_cpu.py ;;
   lint) "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check . && "$venv/bin/mypy" ;;
   cuda-check)
     tmp=$(mktemp -d)

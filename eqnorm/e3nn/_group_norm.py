@@ -1,0 +1,157 @@
+"""e3nn modules: ``IrrepsGroupNorm`` and ``IrrepsLayerNorm`` per node, per point cloud and per graph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from e3nn import o3
+
+from ..layout import FieldLayout
+from ..module import FieldNorm
+
+__all__ = ["IrrepsGroupNorm", "IrrepsLayerNorm"]
+
+OVER = ("node", "points", "graph")
+
+
+def segment_offsets(
+    num_nodes: int, batch: torch.Tensor | None, ptr: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    """``ptr`` (graph ``n`` owns nodes ``ptr[n]:ptr[n+1]``) from PyTorch Geometric's ``batch`` or ``ptr``.
+
+    ``batch`` must be sorted (nodes grouped by graph, as PyTorch Geometric's loaders produce); an unsorted ``batch``
+    is refused with a ``ValueError`` rather than silently regrouped. Neither given: one graph of all nodes.
+    """
+    if batch is not None and ptr is not None:
+        raise ValueError("give batch or ptr, not both")
+    if ptr is None and batch is None:
+        return torch.tensor([0, num_nodes], device=device)
+    if ptr is not None:
+        if ptr.dim() != 1 or ptr.dtype != torch.long or ptr.numel() < 1:
+            raise ValueError(f"ptr must be 1D int64 offsets, got shape {tuple(ptr.shape)} and dtype {ptr.dtype}")
+        if not torch.compiler.is_compiling():
+            if int(ptr[0]) != 0 or int(ptr[-1]) != num_nodes or bool((ptr.diff() < 0).any()):
+                raise ValueError(f"ptr must rise from 0 to the number of nodes {num_nodes}, got {ptr.tolist()}")
+        return ptr
+    assert batch is not None
+    if batch.shape != (num_nodes,) or batch.dtype != torch.long:
+        raise ValueError(f"batch must be {num_nodes} int64 graph indices, got shape {tuple(batch.shape)} {batch.dtype}")
+    if num_nodes and (bool((batch.diff() < 0).any()) or int(batch[0]) < 0):
+        raise ValueError("batch must be sorted and non-negative (nodes grouped by graph); sort the nodes first")
+    counts = torch.bincount(batch) if num_nodes else batch.new_zeros(0)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class IrrepsGroupNorm(torch.nn.Module):
+    r"""Equivariant group normalization of e3nn features: every irrep copy is a field, groups are made of copies.
+
+    For a group :math:`\gamma` of copies, over the positions :math:`p` the statistics pool (the channels of one node,
+    the points of one cloud, or the nodes of one graph):
+
+    .. math::
+
+        y_{pc} = \frac{w_{i(c)}}{\sqrt{\sigma^2_\gamma + \epsilon}}\,(x_{pc} - \mu_c) + b_c, \qquad
+        \sigma^2_\gamma = \frac{1}{P D_\gamma} \sum_{c\in\gamma}\sum_p (x_{pc} - \mu_c)^2,
+
+    with :math:`\mu` the mean of the group's ``0e`` channels (``centering="trivial"``; ``"all"`` also averages the
+    copies of every other irrep type, ``"none"`` does not center), one weight per copy and a bias on ``0e`` only.
+    Rotations and inversion act on each copy by an orthogonal Wigner matrix (a sign for ``0o``), which leaves
+    :math:`\sigma^2` unchanged and commutes with the averaging of copies, so the layer is O(3)-equivariant.
+
+    Parameters
+    ----------
+    irreps
+        The e3nn irreps of the input (and output).
+    num_groups
+        Number of groups with ``group_by="contiguous"``; must divide the number of copies.
+    group_by
+        ``"contiguous"``, ``"irrep"`` (one group per irrep type: per-degree-and-parity statistics), ``"field"`` (one
+        copy per group) or one group id per copy.
+    over
+        ``"node"``: ``x`` ``(..., dim)``, statistics per node. ``"points"``: ``x`` ``(B, points, dim)``, statistics per
+        cloud. ``"graph"``: ``x`` ``(num_nodes, dim)`` with ``batch`` or ``ptr``, statistics per graph (ragged).
+    layout
+        ``"mul_ir"`` (e3nn) or ``"ir_mul"`` (cuEquivariance).
+
+    Examples
+    --------
+    >>> norm = IrrepsGroupNorm("8x0e+4x1o", num_groups=4, over="graph")
+    >>> x = torch.randn(10, norm.irreps_in.dim)
+    >>> norm(x, batch=torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2])).shape
+    torch.Size([10, 20])
+    """
+
+    def __init__(
+        self,
+        irreps: Any,
+        num_groups: int | None = None,
+        *,
+        group_by: str | Sequence[int] = "contiguous",
+        over: str = "node",
+        centering: str = "trivial",
+        eps: float = 1e-5,
+        affine: bool = True,
+        layout: str = "mul_ir",
+    ) -> None:
+        super().__init__()
+        try:
+            self.irreps_in = self.irreps_out = o3.Irreps(irreps)
+        except (ValueError, TypeError, AssertionError) as error:
+            raise ValueError(f"irreps must be e3nn Irreps, got {irreps!r}: {error}") from None
+        if over not in OVER:
+            raise ValueError(f"over must be one of {OVER}, got {over!r}")
+        self.over = over
+        self.dim = int(self.irreps_in.dim)  # a plain int: compiled code should not trace into Irreps
+        self.norm = FieldNorm(
+            FieldLayout.from_irreps(self.irreps_in, num_groups, group_by, centering, layout), eps, affine
+        )
+
+    @property
+    def weight(self) -> torch.nn.Parameter | None:
+        """One scale per irrep copy."""
+        return self.norm.weight
+
+    @property
+    def bias(self) -> torch.nn.Parameter | None:
+        """One bias per ``0e`` copy."""
+        return self.norm.bias
+
+    def forward(
+        self, x: torch.Tensor, batch: torch.Tensor | None = None, ptr: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        dim = self.dim
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != dim:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"expected features (..., {dim}) for these irreps, got {shape}")
+        if self.over != "graph" and (batch is not None or ptr is not None):
+            raise ValueError(f"batch and ptr are for over='graph'; this layer normalizes over={self.over!r}")
+        if self.over == "node":
+            return self.norm(x.reshape(-1, dim)).reshape(x.shape)
+        if self.over == "points":
+            if x.dim() != 3:
+                raise ValueError(f"over='points' expects (batch, points, {dim}), got {tuple(x.shape)}")
+            return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        if x.dim() != 2:
+            raise ValueError(f"over='graph' expects (num_nodes, {dim}), got {tuple(x.shape)}")
+        return self.norm(x, ptr=segment_offsets(x.shape[0], batch, ptr, x.device))
+
+    def extra_repr(self) -> str:
+        return f"{self.irreps_in}, over={self.over!r}, {self.norm.extra_repr()}"
+
+
+class IrrepsLayerNorm(IrrepsGroupNorm):
+    r"""Equivariant layer normalization of e3nn features: :class:`IrrepsGroupNorm` with all copies in one group."""
+
+    def __init__(
+        self,
+        irreps: Any,
+        *,
+        over: str = "node",
+        centering: str = "trivial",
+        eps: float = 1e-5,
+        affine: bool = True,
+        layout: str = "mul_ir",
+    ) -> None:
+        super().__init__(irreps, 1, over=over, centering=centering, eps=eps, affine=affine, layout=layout)
