@@ -12,22 +12,24 @@ from .layout import FieldLayout
 from .module import FieldNorm
 
 if TYPE_CHECKING:
-    from .escnn import FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm
+    from .escnn import FieldBatchNorm, FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm, convert_sync_batchnorm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FieldBatchNorm",
     "FieldGroupNorm",
     "FieldInstanceNorm",
     "FieldLayerNorm",
     "FieldLayout",
     "FieldNorm",
     "__version__",
+    "convert_sync_batchnorm",
     "functional",
     "kernel_backend",
 ]
 
-_ESCNN_LAYERS = ("FieldGroupNorm", "FieldInstanceNorm", "FieldLayerNorm")
+_ESCNN_LAYERS = ("FieldBatchNorm", "FieldGroupNorm", "FieldInstanceNorm", "FieldLayerNorm", "convert_sync_batchnorm")
 
 
 def __getattr__(name: str) -> Any:

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 from . import _ops
+from .batch_statistics import batch_coefficients
 from .layout import FieldLayout, LayoutOperators
 
-__all__ = ["field_group_norm", "field_norm", "field_norm_segments"]
+__all__ = ["field_batch_norm", "field_group_norm", "field_norm", "field_norm_segments"]
 
 
 class _FieldNorm(torch.autograd.Function):
@@ -76,6 +77,49 @@ def _positions(
     return ptr.diff().clamp(min=1).to(dtype).unsqueeze(1)
 
 
+class _BatchFieldNorm(torch.autograd.Function):
+    """Batch normalization through the same passes: statistics combined over the batch (and processes), gradients
+    through them by autograd on the small ``(N, C)`` map, recomputed in backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        ops: LayoutOperators,
+        eps: float,
+        channels_last: bool,
+        sync: bool,
+        process_group: Any,
+    ) -> torch.Tensor:
+        mean, m2 = _ops.moments(x, channels_last)
+        positions = x.shape[1 if channels_last else 2]
+        acc = mean.dtype
+        a, beta = batch_coefficients(mean, m2, weight.to(acc), bias.to(acc), ops, positions, eps, sync, process_group)
+        ctx.save_for_backward(x, mean, m2, weight, bias)
+        ctx.args = (ops, positions, eps, sync, process_group, channels_last)
+        return _ops.affine(x, a.contiguous(), beta.contiguous(), channels_last)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, mean, m2, weight, bias = ctx.saved_tensors
+        ops, positions, eps, sync, process_group, channels_last = ctx.args
+        acc = mean.dtype
+        dy = dy.contiguous()
+        sum_dy, sum_dy_x = _ops.moments_backward(dy, x, channels_last)
+        leaves = [t.detach().to(acc).requires_grad_() for t in (mean, m2, weight, bias)]
+        mean_, m2_, weight_, bias_ = leaves
+        with torch.enable_grad():
+            a, beta = batch_coefficients(mean_, m2_, weight_, bias_, ops, positions, eps, sync, process_group)
+            grad_mean, grad_m2, grad_weight, grad_bias = torch.autograd.grad((a, beta), leaves, (sum_dy_x, sum_dy))
+        u = 2 * grad_m2
+        v = grad_mean / positions - u * mean
+        dx = _ops.affine_backward(dy, x, a.detach().contiguous(), u, v, channels_last)
+        return dx, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype), None, None, None, None, None
+
+
 def _rows(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """View ``(N, C, *spatial)`` as ``(N, C, P)``, or ``(N, P, C)`` for channels-last memory; copy only if neither."""
     n, c = x.shape[:2]
@@ -101,6 +145,26 @@ def field_norm(
         return x.clone()
     rows, channels_last = _rows(x)
     y = _FieldNorm.apply(rows, weight, bias, ops, eps, channels_last, None)
+    if channels_last:
+        return y.reshape(x.shape[0], *x.shape[2:], x.shape[1]).movedim(-1, 1)
+    return y.reshape(x.shape)
+
+
+def field_batch_norm(
+    x: torch.Tensor,
+    ops: LayoutOperators,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    sync: bool = False,
+    process_group: Any = None,
+) -> torch.Tensor:
+    """Batch-statistics normalization of ``x`` ``(N, C, *spatial)`` (channel-expanded parameters, operators in the
+    accumulation dtype), synchronised over ``process_group`` when ``sync``."""
+    if x.numel() == 0:
+        return x.clone()
+    rows, channels_last = _rows(x)
+    y = _BatchFieldNorm.apply(rows, weight, bias, ops, eps, channels_last, sync, process_group)
     if channels_last:
         return y.reshape(x.shape[0], *x.shape[2:], x.shape[1]).movedim(-1, 1)
     return y.reshape(x.shape)

@@ -1,12 +1,15 @@
 """eqnorm's layers for escnn: equivariant group, layer and instance normalization of ``GeometricTensor`` inputs."""
 
+from ._batch_norm import FieldBatchNorm, convert_sync_batchnorm
 from ._equivariance import equivariance_errors, grid_elements, is_grid_symmetry, random_input, sample_elements
 from ._group_norm import FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm
 
 __all__ = [
+    "FieldBatchNorm",
     "FieldGroupNorm",
     "FieldInstanceNorm",
     "FieldLayerNorm",
+    "convert_sync_batchnorm",
     "equivariance_errors",
     "grid_elements",
     "is_grid_symmetry",

@@ -1,0 +1,107 @@
+r"""Batch statistics for equivariant batch normalization: per-sample moments combined over the batch (and across
+processes), and the running averages used in evaluation.
+
+Per channel, with :math:`n_r` values, mean :math:`\bar m_r` and :math:`M_{2,r}` from each part (sample or process),
+Chan's formula gives the whole batch's:
+
+.. math::
+
+    n = \sum_r n_r, \quad \bar m = \frac{1}{n}\sum_r n_r \bar m_r, \quad
+    M_2 = \sum_r M_{2,r} + \sum_r n_r (\bar m_r - \bar m)^2 .
+
+The whole batch is then one "sample" of :func:`eqnorm.coefficients.affine_coefficients`, so the centering and the
+group variances are those of group normalization and equivariance holds for the same reasons. The all-gather across
+processes is differentiable, so gradients are those of batch normalization over the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .coefficients import affine_coefficients
+from .layout import LayoutOperators
+
+__all__ = ["batch_coefficients", "combine", "running_statistics"]
+
+
+def combine(
+    count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Chan's combination of parts ``(R,)`` counts, ``(R, C)`` means and ``(R, C)`` M2 into one ``(C,)`` each."""
+    total = count.sum()
+    mu = (count.unsqueeze(1) * mean).sum(0) / total
+    return total, mu, m2.sum(0) + (count.unsqueeze(1) * (mean - mu).square()).sum(0)
+
+
+class _AllGather(torch.autograd.Function):
+    """Stack ``t`` from every process; backward sums each process's cotangents and keeps this process's row."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, process_group: Any) -> torch.Tensor:
+        dist = torch.distributed
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size(process_group))]
+        dist.all_gather(parts, t.contiguous(), group=process_group)
+        ctx.process_group = process_group
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        dist = torch.distributed
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.process_group)
+        return grad[dist.get_rank(ctx.process_group)], None
+
+
+def _gather(t: torch.Tensor, process_group: Any) -> torch.Tensor:
+    """Stack ``t`` from every process of the group (differentiable)."""
+    return _AllGather.apply(t, process_group)
+
+
+def global_moments(
+    mean: torch.Tensor, m2: torch.Tensor, positions: int, sync: bool, process_group: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(n, mean, M2)`` of each channel over the batch, and over all processes when ``sync``."""
+    n_samples = mean.shape[0]
+    count = mean.new_full((n_samples,), float(positions))
+    total, mu, spread = combine(count, mean, m2)
+    if sync:
+        packed = torch.cat([total.reshape(1), mu, spread])
+        parts = _gather(packed, process_group)
+        total, mu, spread = combine(parts[:, 0], parts[:, 1 : 1 + mu.shape[0]], parts[:, 1 + mu.shape[0] :])
+    return total, mu, spread
+
+
+def batch_coefficients(
+    mean: torch.Tensor,
+    m2: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    ops: LayoutOperators,
+    positions: int,
+    eps: float,
+    sync: bool = False,
+    process_group: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``(a, beta)`` ``(N, C)``: the same coefficients for every sample, from the statistics of the whole batch."""
+    total, mu, spread = global_moments(mean, m2, positions, sync, process_group)
+    if float(total.detach()) <= 1:
+        raise ValueError(
+            f"batch normalization in training needs more than one value per channel, got {int(total)} (a batch of "
+            "one sample with no spatial extent); use eval mode or a per-sample norm such as FieldGroupNorm"
+        )
+    a, beta = affine_coefficients(mu.unsqueeze(0), spread.unsqueeze(0), weight, bias, ops, total, eps)
+    return a.expand_as(mean), beta.expand_as(mean)
+
+
+def running_statistics(
+    mean: torch.Tensor, m2: torch.Tensor, ops: LayoutOperators, positions: int, sync: bool, process_group: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The batch's centering vector ``(C,)`` and unbiased variance per group ``(G,)``, for the running averages:
+    :math:`\sigma^2_{\mathrm{unbiased}} = \sigma^2 \, n D_\gamma / (n D_\gamma - 1)`."""
+    total, mu, spread = global_moments(mean, m2, positions, sync, process_group)
+    cen = (mu @ ops.center_in) @ ops.center_out
+    values = total * ops.group_size
+    var = ((spread + total * (mu - cen).square()) @ ops.group_member) / (values - 1).clamp(min=1)
+    return cen, var
