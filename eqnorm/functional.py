@@ -18,6 +18,7 @@ in closed form (:mod:`eqnorm.coefficients`), so only ``x`` and the ``(N, C)`` st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -133,6 +134,17 @@ def _rows(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return x.contiguous().reshape(n, c, -1), False
 
 
+def _on_rows(x: torch.Tensor, apply: Callable[[torch.Tensor, bool], torch.Tensor]) -> torch.Tensor:
+    """``apply(rows, channels_last)`` on the row view of ``x`` (see :func:`_rows`), reshaped back like ``x``."""
+    if x.numel() == 0:
+        return x.clone()
+    rows, channels_last = _rows(x)
+    y = apply(rows, channels_last)
+    if channels_last:
+        return y.reshape(x.shape[0], *x.shape[2:], x.shape[1]).movedim(-1, 1)
+    return y.reshape(x.shape)
+
+
 def field_norm(
     x: torch.Tensor, ops: LayoutOperators, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
@@ -141,13 +153,7 @@ def field_norm(
     ``weight`` ``(C,)`` and ``bias`` ``(C,)`` are already expanded to channels and ``ops`` is in the accumulation dtype
     of ``x`` (float64 for float64, else float32). This is the unchecked fast path behind :func:`field_group_norm`.
     """
-    if x.numel() == 0:
-        return x.clone()
-    rows, channels_last = _rows(x)
-    y = _FieldNorm.apply(rows, weight, bias, ops, eps, channels_last, None)
-    if channels_last:
-        return y.reshape(x.shape[0], *x.shape[2:], x.shape[1]).movedim(-1, 1)
-    return y.reshape(x.shape)
+    return _on_rows(x, lambda rows, last: _FieldNorm.apply(rows, weight, bias, ops, eps, last, None))
 
 
 def field_batch_norm(
@@ -161,13 +167,9 @@ def field_batch_norm(
 ) -> torch.Tensor:
     """Batch-statistics normalization of ``x`` ``(N, C, *spatial)`` (channel-expanded parameters, operators in the
     accumulation dtype), synchronised over ``process_group`` when ``sync``."""
-    if x.numel() == 0:
-        return x.clone()
-    rows, channels_last = _rows(x)
-    y = _BatchFieldNorm.apply(rows, weight, bias, ops, eps, channels_last, sync, process_group)
-    if channels_last:
-        return y.reshape(x.shape[0], *x.shape[2:], x.shape[1]).movedim(-1, 1)
-    return y.reshape(x.shape)
+    return _on_rows(
+        x, lambda rows, last: _BatchFieldNorm.apply(rows, weight, bias, ops, eps, last, sync, process_group)
+    )
 
 
 def field_norm_segments(
