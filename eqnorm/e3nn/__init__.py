@@ -1,5 +1,6 @@
-"""eqnorm's layers for e3nn: equivariant group and layer normalization per node, per point cloud and per graph."""
+"""eqnorm's layers for e3nn: equivariant group and layer norm per node, point cloud or graph, and batch norm."""
 
+from ._batch_norm import IrrepsBatchNorm
 from ._group_norm import IrrepsGroupNorm, IrrepsLayerNorm, segment_offsets
 
-__all__ = ["IrrepsGroupNorm", "IrrepsLayerNorm", "segment_offsets"]
+__all__ = ["IrrepsBatchNorm", "IrrepsGroupNorm", "IrrepsLayerNorm", "segment_offsets"]

@@ -1,6 +1,7 @@
 """eqnorm's layers for escnn: equivariant group, layer and instance normalization of ``GeometricTensor`` inputs."""
 
-from ._batch_norm import FieldBatchNorm, convert_sync_batchnorm
+from ..batch_norm import convert_sync_batchnorm
+from ._batch_norm import FieldBatchNorm
 from ._equivariance import equivariance_errors, grid_elements, is_grid_symmetry, random_input, sample_elements
 from ._group_norm import FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm
 

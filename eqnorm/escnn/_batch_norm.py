@@ -1,5 +1,5 @@
 """escnn module: ``FieldBatchNorm``, equivariant batch normalization with running statistics, optionally synchronised
-across processes; and ``convert_sync_batchnorm``."""
+across processes."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ from typing import Any
 import torch
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
-from .. import _ops
-from ..batch_statistics import running_statistics
-from ..functional import check_eps, check_input, expand_parameters, field_batch_norm
+from ..batch_norm import BatchFieldNorm
 from ..layout import FieldLayout
 
-__all__ = ["FieldBatchNorm", "convert_sync_batchnorm"]
+__all__ = ["FieldBatchNorm"]
 
 
 class FieldBatchNorm(EquivariantModule):
@@ -65,77 +63,43 @@ class FieldBatchNorm(EquivariantModule):
     ) -> None:
         if not isinstance(in_type, FieldType):
             raise TypeError(f"in_type must be an escnn FieldType, got {type(in_type).__name__}")
-        if centering == "all" and track_running_stats:
-            raise ValueError(
-                "centering='all' needs track_running_stats=False: a running mean of non-trivial irreps is a fixed "
-                "vector that does not rotate with the input, so eval mode would not be equivariant"
-            )
         super().__init__()
         self.in_type = self.out_type = in_type
-        self.layout = FieldLayout.from_field_type(in_type, num_groups, group_by, centering)
-        self.eps = check_eps(eps)
-        if momentum is not None and not 0 <= momentum <= 1:
-            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
-        self.momentum = momentum
-        self.sync = False
-        self.process_group = process_group
-        self.weight = torch.nn.Parameter(torch.ones(self.layout.num_fields)) if affine else None
-        self.bias = torch.nn.Parameter(torch.zeros(self.layout.num_trivial)) if affine else None
-        self.track_running_stats = track_running_stats
-        if track_running_stats:
-            self.register_buffer("running_cen", torch.zeros(self.layout.num_channels))
-            self.register_buffer("running_var", torch.ones(self.layout.num_groups))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        layout = FieldLayout.from_field_type(in_type, num_groups, group_by, centering)
+        self.norm = BatchFieldNorm(layout, eps, momentum, affine, track_running_stats, process_group)
+
+    @property
+    def weight(self) -> torch.nn.Parameter | None:
+        return self.norm.weight
+
+    @property
+    def bias(self) -> torch.nn.Parameter | None:
+        return self.norm.bias
+
+    @property
+    def running_cen(self) -> torch.Tensor:
+        """Running centering vector ``(C,)``: nonzero on trivial irreps only."""
+        return self.norm.running_cen
+
+    @property
+    def running_var(self) -> torch.Tensor:
+        """Running unbiased variance per group ``(G,)``."""
+        return self.norm.running_var
 
     def forward(self, input: GeometricTensor) -> GeometricTensor:
         if not isinstance(input, GeometricTensor):
             raise TypeError(f"FieldBatchNorm expects an escnn GeometricTensor, got {type(input).__name__}")
         if input.type != self.in_type:
             raise ValueError(f"FieldBatchNorm was built for field type {self.in_type} but got {input.type}")
-        x = input.tensor
-        check_input(x, self.layout)
-        ops = self.layout.operators(_ops.accumulation_dtype(x.dtype), x.device)
-        weight, bias = expand_parameters(ops, self.weight, self.bias, self.layout.num_channels)
-        if self.training or not self.track_running_stats:
-            if self.sync and not torch.distributed.is_initialized():
-                raise RuntimeError("FieldBatchNorm is synchronised but torch.distributed is not initialised")
-            if self.training and self.track_running_stats:
-                self._update_running_statistics(x, ops)
-            y = field_batch_norm(x, ops, weight, bias, self.eps, self.sync, self.process_group)
-        else:
-            a = (
-                weight.to(ops.center_in.dtype)
-                * torch.rsqrt(self.running_var.to(ops.center_in.dtype) + self.eps)[ops.group_of_channel]
-            )
-            beta = bias.to(a.dtype) - a * self.running_cen.to(a.dtype)
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            y = (x.to(a.dtype) * a.view(shape) + beta.view(shape)).to(x.dtype)
-        return GeometricTensor(y, self.out_type, input.coords)
-
-    @torch.no_grad()
-    def _update_running_statistics(self, x: torch.Tensor, ops: Any) -> None:
-        rows = x.detach().reshape(x.shape[0], x.shape[1], -1)
-        mean, m2 = _ops.moments(rows.contiguous(), False)
-        cen, var = running_statistics(mean, m2, ops, rows.shape[2], self.sync, self.process_group)
-        self.num_batches_tracked += 1
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        self.running_cen.lerp_(cen.to(self.running_cen.dtype), factor)
-        self.running_var.lerp_(var.to(self.running_var.dtype), factor)
+        return GeometricTensor(self.norm(input.tensor), self.out_type, input.coords)
 
     def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) < 2 or input_shape[1] != self.in_type.size:
             raise ValueError(f"expected a shape (N, {self.in_type.size}, ...), got {tuple(input_shape)}")
         return tuple(input_shape)
 
-    def extra_repr(self) -> str:
-        return f"{self.layout}, eps={self.eps}, momentum={self.momentum}, sync={self.sync}"
+    def export(self) -> BatchFieldNorm:
+        """A plain :class:`~eqnorm.batch_norm.BatchFieldNorm` computing the same function, no escnn inside."""
+        import copy
 
-
-def convert_sync_batchnorm(module: torch.nn.Module, process_group: Any = None) -> torch.nn.Module:
-    """Make every :class:`FieldBatchNorm` in ``module`` all-gather its statistics over ``process_group`` (the default
-    group when None) in training, like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``. Returns ``module``."""
-    for m in module.modules():
-        if isinstance(m, FieldBatchNorm):
-            m.sync = True
-            m.process_group = process_group
-    return module
+        return copy.deepcopy(self.norm).train(self.training)

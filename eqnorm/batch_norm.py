@@ -1,0 +1,99 @@
+"""``BatchFieldNorm``: equivariant batch normalization with running statistics on plain tensors, shared by the escnn
+and e3nn batch-norm layers; and ``convert_sync_batchnorm``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import _ops
+from .batch_statistics import running_statistics
+from .functional import check_eps, check_input, expand_parameters, field_batch_norm
+from .layout import FieldLayout, LayoutOperators
+
+__all__ = ["BatchFieldNorm", "convert_sync_batchnorm"]
+
+
+class BatchFieldNorm(torch.nn.Module):
+    r"""Batch normalization over the fields of a :class:`~eqnorm.FieldLayout`, on ``(N, C, *spatial)`` tensors.
+
+    Training: the coefficients of :func:`eqnorm.coefficients.affine_coefficients` computed on the statistics of the
+    whole batch (and of every process when ``sync``), gradients through them. Running averages of the centering
+    vector (on trivial irreps: invariant) and of the unbiased group variances, as ``torch.nn.BatchNorm2d`` keeps them,
+    are used in eval mode: :math:`y = w (x - \bar{\mathrm{cen}}) / \sqrt{\bar\sigma^2 + \epsilon} + b`.
+    """
+
+    running_cen: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
+    def __init__(
+        self,
+        layout: FieldLayout,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: Any = None,
+    ) -> None:
+        if layout.centering == "all" and track_running_stats:
+            raise ValueError(
+                "centering='all' needs track_running_stats=False: a running mean of non-trivial irreps is a fixed "
+                "vector that does not rotate with the input, so eval mode would not be equivariant"
+            )
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
+        super().__init__()
+        self.layout = layout
+        self.eps = check_eps(eps)
+        self.momentum = momentum
+        self.sync = False
+        self.process_group = process_group
+        self.weight = torch.nn.Parameter(torch.ones(layout.num_fields)) if affine else None
+        self.bias = torch.nn.Parameter(torch.zeros(layout.num_trivial)) if affine else None
+        self.track_running_stats = track_running_stats
+        if track_running_stats:
+            self.register_buffer("running_cen", torch.zeros(layout.num_channels))
+            self.register_buffer("running_var", torch.ones(layout.num_groups))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.layout)
+        ops = self.layout.operators(_ops.accumulation_dtype(x.dtype), x.device)
+        weight, bias = expand_parameters(ops, self.weight, self.bias, self.layout.num_channels)
+        if self.training or not self.track_running_stats:
+            if self.sync and not torch.distributed.is_initialized():
+                raise RuntimeError("FieldBatchNorm is synchronised but torch.distributed is not initialised")
+            if self.training and self.track_running_stats:
+                self._update_running_statistics(x, ops)
+            return field_batch_norm(x, ops, weight, bias, self.eps, self.sync, self.process_group)
+        acc = ops.center_in.dtype
+        a = weight.to(acc) * torch.rsqrt(self.running_var.to(acc) + self.eps)[ops.group_of_channel]
+        beta = bias.to(acc) - a * self.running_cen.to(acc)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x.to(acc) * a.view(shape) + beta.view(shape)).to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running_statistics(self, x: torch.Tensor, ops: LayoutOperators) -> None:
+        rows = x.detach().reshape(x.shape[0], x.shape[1], -1)
+        mean, m2 = _ops.moments(rows.contiguous(), False)
+        cen, var = running_statistics(mean, m2, ops, rows.shape[2], self.sync, self.process_group)
+        self.num_batches_tracked += 1
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_cen.lerp_(cen.to(self.running_cen.dtype), factor)
+        self.running_var.lerp_(var.to(self.running_var.dtype), factor)
+
+    def extra_repr(self) -> str:
+        return f"{self.layout}, eps={self.eps}, momentum={self.momentum}, sync={self.sync}"
+
+
+def convert_sync_batchnorm(module: torch.nn.Module, process_group: Any = None) -> torch.nn.Module:
+    """Make every eqnorm batch norm in ``module`` (``FieldBatchNorm``, ``IrrepsBatchNorm``) all-gather its statistics
+    over ``process_group`` (the default group when None) in training, like
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``. Returns ``module``."""
+    for m in module.modules():
+        if isinstance(m, BatchFieldNorm):
+            m.sync = True
+            m.process_group = process_group
+    return module
