@@ -27,16 +27,24 @@ template <typename A> void chan_merge(A count, A& mean, A& m2, A nb, A bm, A bm2
   m2 += bm2 + d * d * count * f;
 }
 
-// Four independent 16-byte vector accumulators: a single one would be bound by the latency of the vector add.
+// Hot loops are compiled twice on x86-64, for AVX2 and for the baseline, and the loader picks one at run time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EQNORM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define EQNORM_CLONES
+#endif
+#define EQNORM_INLINE inline __attribute__((always_inline))
+
+// Four independent 32-byte vector accumulators: a single one would be bound by the latency of the vector add.
 template <typename A> struct Lanes {
-  typedef A V __attribute__((vector_size(16)));
-  static constexpr int64_t kWidth = 16 / sizeof(A), kStep = 4 * kWidth;
-  static V load(const A* p) {
+  typedef A V __attribute__((vector_size(32)));
+  static constexpr int64_t kWidth = 32 / sizeof(A), kStep = 4 * kWidth;
+  static EQNORM_INLINE V load(const A* p) {
     V v;
     __builtin_memcpy(&v, p, sizeof(V));
     return v;
   }
-  static A total(V a0, V a1, V a2, V a3) {
+  static EQNORM_INLINE A total(V a0, V a1, V a2, V a3) {
     const V v = (a0 + a1) + (a2 + a3);
     A out = 0;
     for (int64_t k = 0; k < kWidth; ++k) out += v[k];
@@ -45,7 +53,7 @@ template <typename A> struct Lanes {
 };
 
 // sum_i f(x_i) (one input) or sum_i f(x_i, y_i): vectorised when the input is already the accumulation type.
-template <typename T, typename A, typename F> A reduce_sum(const T* x, int64_t n, F f) {
+template <typename T, typename A, typename F> EQNORM_INLINE A reduce_sum(const T* x, int64_t n, F f) {
   A tail = 0;
   int64_t i = 0;
   if constexpr (std::is_same_v<T, A>) {
@@ -63,22 +71,7 @@ template <typename T, typename A, typename F> A reduce_sum(const T* x, int64_t n
   return tail;
 }
 
-template <typename A> A dot(const A* x, const A* y, int64_t n) {
-  using L = Lanes<A>;
-  typename L::V a0 = {}, a1 = {}, a2 = {}, a3 = {};
-  int64_t i = 0;
-  for (; i + L::kStep <= n; i += L::kStep) {
-    a0 += L::load(x + i) * L::load(y + i);
-    a1 += L::load(x + i + L::kWidth) * L::load(y + i + L::kWidth);
-    a2 += L::load(x + i + 2 * L::kWidth) * L::load(y + i + 2 * L::kWidth);
-    a3 += L::load(x + i + 3 * L::kWidth) * L::load(y + i + 3 * L::kWidth);
-  }
-  A tail = L::total(a0, a1, a2, a3);
-  for (; i < n; ++i) tail += x[i] * y[i];
-  return tail;
-}
-
-template <typename T, typename A> void block_moments(const T* x, int64_t n, A& mean, A& m2) {
+template <typename T, typename A> EQNORM_INLINE void block_moments(const T* x, int64_t n, A& mean, A& m2) {
   mean = reduce_sum<T, A>(x, n, [](auto v) { return v; }) / static_cast<A>(n);
   const A mu = mean;
   m2 = reduce_sum<T, A>(x, n, [mu](auto v) { return (v - mu) * (v - mu); });
@@ -95,21 +88,76 @@ Segment segment(const RowShape& s, const int64_t* ptr, int64_t n) {
 
 int64_t grain_rows(int64_t row_length) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(row_length, 1)); }
 
+// Mean and M2 of one contiguous row: blocks that stay in L1, two passes each, merged with Chan's formula.
+template <typename T, typename A> EQNORM_INLINE void row_moments(const T* x, int64_t P, A& mean, A& m2) {
+  A count = 0, mu = 0, ss = 0;
+  for (int64_t p = 0; p < P; p += kRowBlock) {
+    const int64_t nb = std::min(kRowBlock, P - p);
+    A bm, bm2;
+    block_moments<T, A>(x + p, nb, bm, bm2);
+    chan_merge<A>(count, mu, ss, static_cast<A>(nb), bm, bm2);
+    count += static_cast<A>(nb);
+  }
+  mean = mu;
+  m2 = ss;
+}
+
+// sum dy and sum dy * x over one contiguous row.
+template <typename T, typename A> EQNORM_INLINE void row_sums(const T* g, const T* v, int64_t P, A& t1, A& t2) {
+  if constexpr (std::is_same_v<T, A>) {  // one vectorised pass, two independent accumulators per sum
+    using L = Lanes<A>;
+    typename L::V s0 = {}, s1 = {}, d0 = {}, d1 = {};
+    int64_t i = 0;
+    for (; i + 2 * L::kWidth <= P; i += 2 * L::kWidth) {
+      const typename L::V g0 = L::load(g + i), g1 = L::load(g + i + L::kWidth);
+      s0 += g0;
+      s1 += g1;
+      d0 += g0 * L::load(v + i);
+      d1 += g1 * L::load(v + i + L::kWidth);
+    }
+    const typename L::V zero = {};
+    t1 += L::total(s0, s1, zero, zero);
+    t2 += L::total(d0, d1, zero, zero);
+    for (; i < P; ++i) {
+      t1 += g[i];
+      t2 += g[i] * v[i];
+    }
+  } else {
+    for (int64_t i = 0; i < P; ++i) {
+      t1 += static_cast<A>(g[i]);
+      t2 += static_cast<A>(g[i]) * static_cast<A>(v[i]);
+    }
+  }
+}
+
+// The float and double rows, compiled for AVX2 and the baseline (EQNORM_CLONES); other dtypes use the template.
+EQNORM_CLONES void row_moments_float(const float* x, int64_t P, float& mean, float& m2) { row_moments(x, P, mean, m2); }
+EQNORM_CLONES void row_moments_double(const double* x, int64_t P, double& mean, double& m2) {
+  row_moments(x, P, mean, m2);
+}
+EQNORM_CLONES void row_sums_float(const float* g, const float* v, int64_t P, float& t1, float& t2) {
+  row_sums(g, v, P, t1, t2);
+}
+EQNORM_CLONES void row_sums_double(const double* g, const double* v, int64_t P, double& t1, double& t2) {
+  row_sums(g, v, P, t1, t2);
+}
+
+template <typename T, typename A> void row_moments_any(const T* x, int64_t P, A& mean, A& m2) {
+  if constexpr (std::is_same_v<T, float>) row_moments_float(x, P, mean, m2);
+  else if constexpr (std::is_same_v<T, double>) row_moments_double(x, P, mean, m2);
+  else row_moments<T, A>(x, P, mean, m2);
+}
+
+template <typename T, typename A> void row_sums_any(const T* g, const T* v, int64_t P, A& t1, A& t2) {
+  if constexpr (std::is_same_v<T, float>) row_sums_float(g, v, P, t1, t2);
+  else if constexpr (std::is_same_v<T, double>) row_sums_double(g, v, P, t1, t2);
+  else row_sums<T, A>(g, v, P, t1, t2);
+}
+
 template <typename T, typename A> void moments_first(const T* x, A* mean, A* m2, const RowShape& s) {
   const int64_t P = s.positions;
   at::parallel_for(0, s.samples * s.channels, grain_rows(P), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      A count = 0, mu = 0, ss = 0;
-      for (int64_t p = 0; p < P; p += kRowBlock) {
-        const int64_t nb = std::min(kRowBlock, P - p);
-        A bm, bm2;
-        block_moments<T, A>(x + r * P + p, nb, bm, bm2);
-        chan_merge<A>(count, mu, ss, static_cast<A>(nb), bm, bm2);
-        count += static_cast<A>(nb);
-      }
-      mean[r] = mu;
-      m2[r] = ss;
-    }
+    for (int64_t r = begin; r < end; ++r) row_moments_any<T, A>(x + r * P, P, mean[r], m2[r]);
   });
 }
 
@@ -150,21 +198,8 @@ template <typename T, typename A> void sums_first(const T* dy, const T* x, A* sd
   const int64_t P = s.positions;
   at::parallel_for(0, s.samples * s.channels, grain_rows(P), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const T* g = dy + r * P;
-      const T* v = x + r * P;
       A t1 = 0, t2 = 0;
-      if constexpr (std::is_same_v<T, A>) {  // sum dy*x as sum over the pairs, two vectorised passes in L1
-        for (int64_t p = 0; p < P; p += kRowBlock) {
-          const int64_t nb = std::min(kRowBlock, P - p);
-          t1 += reduce_sum<T, A>(g + p, nb, [](auto a) { return a; });
-          t2 += dot<A>(g + p, v + p, nb);
-        }
-      } else {
-        for (int64_t i = 0; i < P; ++i) {
-          t1 += static_cast<A>(g[i]);
-          t2 += static_cast<A>(g[i]) * static_cast<A>(v[i]);
-        }
-      }
+      row_sums_any<T, A>(dy + r * P, x + r * P, P, t1, t2);
       sdy[r] = t1;
       sdyx[r] = t2;
     }
