@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import functional
 from ._ops import kernel_backend
+from .batch_norm import convert_sync_batchnorm
 from .layout import FieldLayout
 from .module import FieldNorm
 
 if TYPE_CHECKING:
-    from .escnn import FieldBatchNorm, FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm, convert_sync_batchnorm
+    from .escnn import FieldBatchNorm, FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm
 
 __version__ = "0.1.0"
 
@@ -29,7 +30,7 @@ __all__ = [
     "kernel_backend",
 ]
 
-_ESCNN_LAYERS = ("FieldBatchNorm", "FieldGroupNorm", "FieldInstanceNorm", "FieldLayerNorm", "convert_sync_batchnorm")
+_ESCNN_LAYERS = ("FieldBatchNorm", "FieldGroupNorm", "FieldInstanceNorm", "FieldLayerNorm")
 
 
 def __getattr__(name: str) -> Any:
