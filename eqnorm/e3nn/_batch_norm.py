@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from e3nn import o3
 
 from ..batch_norm import BatchFieldNorm
 from ..layout import FieldLayout
+from ._irreps import check_features, parse_irreps
 
 __all__ = ["IrrepsBatchNorm"]
 
@@ -43,16 +43,11 @@ class IrrepsBatchNorm(torch.nn.Module):
         layout: str = "mul_ir",
     ) -> None:
         super().__init__()
-        try:
-            self.irreps_in = self.irreps_out = o3.Irreps(irreps)
-        except (ValueError, TypeError, AssertionError) as error:
-            raise ValueError(f"irreps must be e3nn Irreps, got {irreps!r}: {error}") from None
+        self.irreps_in = self.irreps_out = parse_irreps(irreps)
         self.dim = int(self.irreps_in.dim)
         fields = FieldLayout.from_irreps(self.irreps_in, num_groups, group_by, centering, layout)
         self.norm = BatchFieldNorm(fields, eps, momentum, affine, track_running_stats, process_group)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != self.dim:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected features (..., {self.dim}) for these irreps, got {shape}")
+        check_features(x, self.dim)
         return self.norm(x.reshape(-1, self.dim)).reshape(x.shape)

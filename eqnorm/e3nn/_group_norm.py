@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from e3nn import o3
 
 from ..layout import FieldLayout
 from ..module import FieldNorm
+from ._irreps import check_features, parse_irreps
 
 __all__ = ["IrrepsGroupNorm", "IrrepsLayerNorm"]
 
@@ -96,10 +96,7 @@ class IrrepsGroupNorm(torch.nn.Module):
         layout: str = "mul_ir",
     ) -> None:
         super().__init__()
-        try:
-            self.irreps_in = self.irreps_out = o3.Irreps(irreps)
-        except (ValueError, TypeError, AssertionError) as error:
-            raise ValueError(f"irreps must be e3nn Irreps, got {irreps!r}: {error}") from None
+        self.irreps_in = self.irreps_out = parse_irreps(irreps)
         if over not in OVER:
             raise ValueError(f"over must be one of {OVER}, got {over!r}")
         self.over = over
@@ -122,9 +119,7 @@ class IrrepsGroupNorm(torch.nn.Module):
         self, x: torch.Tensor, batch: torch.Tensor | None = None, ptr: torch.Tensor | None = None
     ) -> torch.Tensor:
         dim = self.dim
-        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != dim:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected features (..., {dim}) for these irreps, got {shape}")
+        check_features(x, dim)
         if self.over != "graph" and (batch is not None or ptr is not None):
             raise ValueError(f"batch and ptr are for over='graph'; this layer normalizes over={self.over!r}")
         if self.over == "node":
