@@ -31,7 +31,7 @@ setup() {
     {
       "$py" -m pip install --disable-pip-version-check --upgrade pip setuptools wheel &&
         "$py" -m pip install --disable-pip-version-check "$torch_pin" "numpy<2" &&
-        "$py" -m pip install --disable-pip-version-check --no-build-isolation -e ".[test]"
+        "$py" -m pip install --disable-pip-version-check --no-build-isolation -e ".[test,examples,docs]" "numpy<2"
     } >"$venv/setup.log" 2>&1 || { tail -n 40 "$venv/setup.log" >&2; exit 1; }
     echo "$stamp" >"$venv/.eqnorm-setup-stamp"
   fi
