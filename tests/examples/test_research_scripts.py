@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
+pytest.importorskip("statsmodels")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,6 +91,40 @@ def check_gradient_scale(out: Path) -> None:
     assert all(math.isfinite(v) for v in numbers(rows(out / "deep_training.csv"), "train_loss"))
 
 
+def check_unet_bottleneck(out: Path) -> None:
+    table = rows(out / "unet.csv")
+    assert {(r["norm"], int(r["batch_size"])) for r in table} == {
+        ("group", 1),
+        ("group", 2),
+        ("batch", 1),
+        ("batch", 2),
+    }
+    assert all(0 <= v <= 1 for v in numbers(table, "test_iou"))
+    assert all(v == 0 for v in numbers(table, "mask_change_90deg"))  # an exact grid symmetry of the whole U-Net
+    assert all(0 <= v < 0.5 for v in numbers(table, "mask_change_45deg"))
+
+
+def check_qm9_e3nn(out: Path) -> None:
+    table = rows(out / "qm9_gap.csv")
+    assert {r["norm"] for r in table} == {"group", "batch", "none"}
+    assert all(0 < v < 5 for v in numbers(table, "test_mae_ev"))  # the gap's spread in QM9 is about 1.3 eV
+    assert all(v < 1e-3 for v in numbers(table, "max_rotation_change_ev"))
+
+
+def check_pruned_network(out: Path) -> None:
+    table = rows(out / "pruning.csv")
+    for r in table:
+        assert float(r["measured_sparsity"]) == pytest.approx(float(r["sparsity"]), abs=0.01), r
+    assert all(0 <= v <= 1 for v in numbers(table, "test_error"))
+
+
+def check_printtip_microarray(out: Path) -> None:
+    table = rows(out / "printtip_errors.csv")
+    rmse = {m: sum(float(r["rmse_all"]) for r in table if r["method"] == m) for m in {r["method"] for r in table}}
+    # the simulated dye bias, tip offsets and tip scales are each removed by one more step of the procedure
+    assert rmse["none"] > rmse["global loess"] > rmse["print-tip loess"] > rmse["print-tip scaled loess"]
+
+
 CHECKS: dict[str, Callable[[Path], None]] = {
     "batch_size_sweep": check_batch_size_sweep,
     "num_groups": check_num_groups,
@@ -97,6 +132,10 @@ CHECKS: dict[str, Callable[[Path], None]] = {
     "mixed_variance": check_mixed_variance,
     "contrast": check_contrast,
     "gradient_scale": check_gradient_scale,
+    "unet_bottleneck": check_unet_bottleneck,
+    "qm9_e3nn": check_qm9_e3nn,
+    "pruned_network": check_pruned_network,
+    "printtip_microarray": check_printtip_microarray,
 }
 
 
