@@ -89,9 +89,15 @@ class BatchFieldNorm(torch.nn.Module):
 
 
 def convert_sync_batchnorm(module: torch.nn.Module, process_group: Any = None) -> torch.nn.Module:
-    """Make every eqnorm batch norm in ``module`` (``FieldBatchNorm``, ``IrrepsBatchNorm``) all-gather its statistics
+    r"""Make every eqnorm batch norm in ``module`` (``FieldBatchNorm``, ``IrrepsBatchNorm``) all-gather its statistics
     over ``process_group`` (the default group when None) in training, like
-    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``. Returns ``module``."""
+    ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``. Returns ``module``.
+
+    Process :math:`r` holding :math:`N_r` samples contributes its per-channel moments; they are combined exactly,
+    :math:`\bar m = \sum_r N_r \bar m_r / \sum_r N_r` and
+    :math:`M2 = \sum_r \left(M2_r + N_r P\,(\bar m_r - \bar m)^2\right)`, so the result equals one process
+    normalizing the whole batch; gradients flow back through the gather.
+    """
     for m in module.modules():
         if isinstance(m, BatchFieldNorm):
             m.sync = True

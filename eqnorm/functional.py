@@ -148,7 +148,9 @@ def _on_rows(x: torch.Tensor, apply: Callable[[torch.Tensor, bool], torch.Tensor
 def field_norm(
     x: torch.Tensor, ops: LayoutOperators, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    r"""Normalize ``x`` of shape ``(N, C, *spatial)`` with precomputed operators.
+    r"""Normalize ``x`` of shape ``(N, C, *spatial)`` with precomputed operators:
+    :math:`y_{ncp} = a_{nc}\,x_{ncp} + \beta_{nc}` with :math:`a = w / \sqrt{\sigma^2 + \epsilon}` and
+    :math:`\beta = b - a\,\mathrm{cen}` from the per-sample statistics (see :func:`field_group_norm`).
 
     ``weight`` ``(C,)`` and ``bias`` ``(C,)`` are already expanded to channels and ``ops`` is in the accumulation dtype
     of ``x`` (float64 for float64, else float32). This is the unchecked fast path behind :func:`field_group_norm`.
@@ -165,8 +167,13 @@ def field_batch_norm(
     sync: bool = False,
     process_group: Any = None,
 ) -> torch.Tensor:
-    """Batch-statistics normalization of ``x`` ``(N, C, *spatial)`` (channel-expanded parameters, operators in the
-    accumulation dtype), synchronised over ``process_group`` when ``sync``."""
+    r"""Batch-statistics normalization of ``x`` ``(N, C, *spatial)`` (channel-expanded parameters, operators in the
+    accumulation dtype), synchronised over ``process_group`` when ``sync``.
+
+    The per-sample moments are pooled with Chan's formula,
+    :math:`\bar m_c = \frac{1}{N}\sum_n m_{nc}`, :math:`M2_c = \sum_n M2_{nc} + P \sum_n (m_{nc} - \bar m_c)^2`,
+    and then centered, grouped and applied as in :func:`field_norm`, gradients through the statistics.
+    """
     return _on_rows(
         x, lambda rows, last: _BatchFieldNorm.apply(rows, weight, bias, ops, eps, last, sync, process_group)
     )
@@ -175,8 +182,10 @@ def field_batch_norm(
 def field_norm_segments(
     x: torch.Tensor, ptr: torch.Tensor, ops: LayoutOperators, weight: torch.Tensor, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """:func:`field_norm` with statistics per segment: ``x`` ``(positions, C)``, segment ``n`` owning rows
-    ``ptr[n]:ptr[n+1]`` (graph nodes sorted by graph)."""
+    r""":func:`field_norm` with statistics per segment: ``x`` ``(positions, C)``, segment ``n`` owning rows
+    ``ptr[n]:ptr[n+1]`` (graph nodes sorted by graph), so that
+    :math:`m_{nc} = \frac{1}{P_n}\sum_{p=\mathrm{ptr}_n}^{\mathrm{ptr}_{n+1}-1} x_{pc}` with
+    :math:`P_n = \mathrm{ptr}_{n+1} - \mathrm{ptr}_n`."""
     if x.numel() == 0:
         return x.clone()
     return _FieldNorm.apply(x.contiguous(), weight, bias, ops, eps, True, ptr.contiguous())

@@ -5,6 +5,7 @@
 #   scripts/dev.sh bench   the CPU benchmarks (escnn shapes, then the e3nn layers)
 #   scripts/dev.sh lint    ruff and mypy
 #   scripts/dev.sh cuda-check   compile every CUDA source with nvcc for sm_80 and sm_90 (no GPU needed)
+#   scripts/dev.sh docs    build the documentation site into docs/_build/html (warnings are errors)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -46,6 +47,7 @@ case "$job" in
   test) exec "$py" -m pytest -q "$@" ;;
   bench) "$py" benchmarks/cpu.py "$@" && "$py" benchmarks/e3nn_cpu.py ;;
   lint) "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check . && "$venv/bin/mypy" ;;
+  docs) exec "$venv/bin/sphinx-build" -W --keep-going -q -b html docs docs/_build/html "$@" ;;
   cuda-check)
     tmp=$(mktemp -d)
     for source in csrc/cuda/*.cu; do
@@ -54,5 +56,5 @@ case "$job" in
       echo "nvcc: $source compiles for sm_80 and sm_90"
     done
     rm -rf "$tmp" ;;
-  *) echo "usage: scripts/dev.sh [check|test|bench|lint|cuda-check|setup] [args...]" >&2; exit 2 ;;
+  *) echo "usage: scripts/dev.sh [check|test|bench|lint|docs|cuda-check|setup] [args...]" >&2; exit 2 ;;
 esac

@@ -24,7 +24,8 @@ __all__ = ["CheckResult", "Measurement", "Tolerance", "check_e3nn", "check_escnn
 
 @dataclass
 class Tolerance:
-    """A measurement passes when ``abs_error <= atol`` or ``rel_error <= rtol``."""
+    r"""A measurement passes when :math:`\max|f(gx) - g f(x)| \le \mathrm{atol}` or
+    :math:`\max|f(gx) - g f(x)| / \max|g f(x)| \le \mathrm{rtol}`."""
 
     atol: float
     rtol: float
@@ -160,7 +161,10 @@ def check_escnn(
     interpolation_rtol: float | None = None,
     x: torch.Tensor | None = None,
 ) -> list[CheckResult]:
-    """Every check of the module docstring for an escnn ``EquivariantModule``."""
+    r"""Every check of the module docstring for an escnn ``EquivariantModule``: for each element :math:`g` the error
+    :math:`\max|f(g x) - g f(x)|` with :math:`g` acting on the fibers, on the whole field (exact grid symmetries) or
+    by interpolation (other rotations, inside the centre disc), and :math:`\max|f(x)_n - f(x_n)|` for batch
+    independence."""
     from escnn.nn import GeometricTensor
 
     from ..escnn import is_grid_symmetry, sample_elements
@@ -268,7 +272,9 @@ def check_e3nn(
     grad: bool = False,
     x: torch.Tensor | None = None,
 ) -> list[CheckResult]:
-    """Rotations and inversions of an e3nn module with ``irreps_in`` and ``irreps_out`` on ``(batch, dim)`` inputs."""
+    r"""Rotations and inversions of an e3nn module with ``irreps_in`` and ``irreps_out`` on ``(batch, dim)`` inputs:
+    :math:`\max|f(D_{\mathrm{in}}(g)\,x) - D_{\mathrm{out}}(g)\,f(x)|` for sampled :math:`g \in O(3)`, with
+    e3nn's Wigner matrices :math:`D`."""
     from e3nn import o3
 
     irreps_in, irreps_out = o3.Irreps(module.irreps_in), o3.Irreps(module.irreps_out)

@@ -19,7 +19,8 @@ OVER = ("node", "points", "graph")
 def segment_offsets(
     num_nodes: int, batch: torch.Tensor | None, ptr: torch.Tensor | None, device: torch.device
 ) -> torch.Tensor:
-    """``ptr`` (graph ``n`` owns nodes ``ptr[n]:ptr[n+1]``) from PyTorch Geometric's ``batch`` or ``ptr``.
+    r"""``ptr`` (graph ``n`` owns nodes ``ptr[n]:ptr[n+1]``) from PyTorch Geometric's ``batch`` or ``ptr``:
+    :math:`\mathrm{ptr}_0 = 0`, :math:`\mathrm{ptr}_{n+1} = \mathrm{ptr}_n + |\{i : \mathrm{batch}_i = n\}|`.
 
     ``batch`` must be sorted (nodes grouped by graph, as PyTorch Geometric's loaders produce); an unsorted ``batch``
     is refused with a ``ValueError`` rather than silently regrouped. Neither given: one graph of all nodes.
@@ -137,7 +138,11 @@ class IrrepsGroupNorm(torch.nn.Module):
 
 
 class IrrepsLayerNorm(IrrepsGroupNorm):
-    r"""Equivariant layer normalization of e3nn features: :class:`IrrepsGroupNorm` with all copies in one group."""
+    r"""Equivariant layer normalization of e3nn features: :class:`IrrepsGroupNorm` with all copies in one group.
+
+    .. math:: y_{pc} = \frac{w_{i(c)}}{\sqrt{\sigma^2 + \epsilon}}\,(x_{pc} - \mu_c) + b_c, \qquad
+              \sigma^2 = \frac{1}{P D}\sum_{c,p} (x_{pc} - \mu_c)^2
+    """
 
     def __init__(
         self,

@@ -18,7 +18,8 @@ Measurement = tuple[GroupElement, float, float]
 
 
 def is_grid_symmetry(gspace: GSpace, element: GroupElement) -> bool:
-    """Whether ``element`` acts on the base space by a signed permutation of the axes (90-degree turns, flips).
+    r"""Whether ``element`` acts on the base space by a signed permutation of the axes (90-degree turns, flips):
+    :math:`|A(g)|` is a permutation matrix, for the base-space action :math:`A(g)`.
 
     Such an element permutes the points of a centred square or cubic grid exactly; any other rotation interpolates.
     """
@@ -62,7 +63,9 @@ def equivariance_errors(
     elements: Iterable[GroupElement],
     fibers_only: bool,
 ) -> list[Measurement]:
-    """``max |f(g x) - g f(x)|`` for each element, moving the fibers only or the whole field (fibers and grid)."""
+    r"""For each element :math:`g`, :math:`\max|f(g x) - g f(x)|` and that over :math:`\max|g f(x)|`, where
+    :math:`g` moves the fibers only (:math:`x_i(p) \mapsto \rho_i(g) x_i(p)`) or the whole field
+    (:math:`x_i(p) \mapsto \rho_i(g) x_i(g^{-1} p)`, fibers and grid)."""
     y = module(x)
     results = []
     for g in elements:
