@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ def train(
     seed: int,
     desc: str = "train",
     weight_decay: float = 5e-4,
-    after_step: object = None,
+    after_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """Train with SGD (momentum 0.9) and a cosine learning-rate decay; returns the mean loss of every epoch.
 
@@ -51,7 +52,7 @@ def train(
             loss.backward()
             opt.step()
             sched.step()
-            if callable(after_step):
+            if after_step is not None:
                 after_step()
             running += loss.item()
             count += 1

@@ -41,6 +41,10 @@ def options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
 
 
+def label_of(norm: str) -> str:
+    return "no norm" if norm == "none" else f"{norm} norm"
+
+
 def deep_cnn(norm: str) -> SteerableCNN:
     """Two strided blocks and ten more: 12 normalized blocks of 4 regular fields, then the invariant head."""
     return SteerableCNN(norm, widths=(4, 4), extra_blocks=10, num_groups=2)
@@ -64,7 +68,7 @@ def gradient_norms(images: torch.Tensor, labels: torch.Tensor) -> list[dict[str,
             xs = (s * images).requires_grad_()
             loss = F.cross_entropy(model(xs), labels)
             (grad,) = torch.autograd.grad(loss, xs)
-            rows.append({"model": f"C8 CNN, {norm} norm", "scale": s, "grad_norm": float(grad.norm())})
+            rows.append({"model": f"C8 CNN, {label_of(norm)}", "scale": s, "grad_norm": float(grad.norm())})
     return rows
 
 
@@ -99,9 +103,10 @@ def main() -> None:
     axes[0].set_ylabel("||dL/dx|| at scale s")
     axes[0].legend(fontsize=8)
     for lr, style in zip(rates, ("-", "--"), strict=False):
-        for norm in DEEP_NORMS:
+        for color, norm in enumerate(DEEP_NORMS):
             pts = [(r["epoch"], r["train_loss"]) for r in runs if r["norm"] == norm and r["lr"] == lr]
-            axes[1].plot(*zip(*pts, strict=True), style, marker="o", label=f"{norm} norm, lr {lr}")
+            label = f"{label_of(norm)}, lr {lr}"
+            axes[1].plot(*zip(*pts, strict=True), style, color=f"C{color}", marker="o", label=label)
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("training loss (12-block C8 CNN)")
     axes[1].legend(fontsize=8)
@@ -120,7 +125,7 @@ def main() -> None:
         for lr in rates:
             last = [r for r in runs if r["norm"] == norm and r["lr"] == lr][-1]
             cells.append(f"{last['train_loss']:.3f}, {100 * last['test_error']:.1f}%")
-        print(f"| {norm} | " + " | ".join(cells) + " |")
+        print(f"| {label_of(norm)} | " + " | ".join(cells) + " |")
     finish(args)
 
 
