@@ -6,7 +6,7 @@ normalization trained for the same number of epochs at batch sizes 2, 4, 8, 16 a
 scaled by the square root of the batch size (the scaling rule for adaptive optimizers; SGD's would be linear), several
 seeds. Batch norm is evaluated with its running statistics, as it would be deployed.
 
-    python examples/batch_size_sweep.py            # full run (about 13 minutes on 2 cores)
+    python examples/batch_size_sweep.py            # full run (about 9 minutes on 2 cores)
     python examples/batch_size_sweep.py --quick    # smoke run
 """
 

@@ -13,7 +13,7 @@ Two measurements:
 2. Network level: C8 CNNs with group norm and with batch norm, trained on contrast-1 digits, tested on the test set
    at contrasts 0.25 to 4.
 
-    python examples/contrast.py            # full run (about a minute on 2 cores)
+    python examples/contrast.py            # full run (under a minute on 2 cores)
     python examples/contrast.py --quick
 """
 

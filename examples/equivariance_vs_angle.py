@@ -14,7 +14,7 @@ data set with a preferred orientation, as most are), and ``torch.nn.GroupNorm`` 
 cuts every 8-channel field in half. eqnorm's ``FieldBatchNorm`` gets its running statistics from the same upright
 digits. Norms run in float64 on the float32 convolution's output.
 
-    python examples/equivariance_vs_angle.py            # full run (seconds)
+    python examples/equivariance_vs_angle.py            # full run (about a minute)
     python examples/equivariance_vs_angle.py --quick
 """
 

@@ -12,7 +12,7 @@ normalization, a ReLU network with (almost) no biases is positively homogeneous 
 2. Stability: a 12-block C8 CNN (12 convolution + normalization + ReLU blocks) trained with AdamW at two learning
    rates with each normalization; the loss after every epoch and the final test error.
 
-    python examples/gradient_scale.py            # full run (about 4 minutes on 2 cores)
+    python examples/gradient_scale.py            # full run (about 1.5 minutes on 2 cores)
     python examples/gradient_scale.py --quick
 """
 

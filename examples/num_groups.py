@@ -12,7 +12,7 @@ PyTorch's own layers, which know nothing of fields:
 * ``FieldGroupNorm(G=F)`` equals ``FieldInstanceNorm`` and ``torch.nn.functional.group_norm`` with one group per
   field.
 
-    python examples/num_groups.py            # full run (about 3 minutes on 2 cores)
+    python examples/num_groups.py            # full run (about 2 minutes on 2 cores)
     python examples/num_groups.py --quick    # smoke run
 """
 

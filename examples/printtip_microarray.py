@@ -13,7 +13,7 @@ slope, and per-tip scales ``s_t`` (log-normal, geometric mean 1, so that the tru
 Methods: none, global loess, print-tip loess, print-tip loess + scale (statsmodels' ``lowess``, span 0.3). Error:
 the root mean square of ``M_hat - M_true`` over all spots, and over the differentially expressed ones.
 
-    python examples/printtip_microarray.py            # full run (about a minute)
+    python examples/printtip_microarray.py            # full run (seconds)
     python examples/printtip_microarray.py --quick
 """
 

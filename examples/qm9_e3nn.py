@@ -16,7 +16,7 @@ Each is trained at a small (4) and a large (32) batch size for the same number o
 with the square root of the batch size). The test MAE is reported, and every trained model is checked for invariance:
 predictions on randomly rotated and reflected copies of the test molecules must agree.
 
-    python examples/qm9_e3nn.py            # full run (about 10 minutes on 2 cores)
+    python examples/qm9_e3nn.py            # full run (about 3.5 minutes on 2 cores)
     python examples/qm9_e3nn.py --quick    # 700 molecules
 
 ``qm9pack`` is an optional extra (``pip install eqnorm[examples]``).

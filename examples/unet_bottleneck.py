@@ -11,7 +11,7 @@ how equivariant the masks are: the fraction of pixels whose predicted class chan
 90 degrees (an exact grid symmetry: the pooling tiles rotate into each other on an even grid) or by 45 degrees
 (interpolated input; counted inside the inscribed disc).
 
-    python examples/unet_bottleneck.py            # full run (about 6 minutes on 2 cores)
+    python examples/unet_bottleneck.py            # full run (about 2.5 minutes on 2 cores)
     python examples/unet_bottleneck.py --quick
 """
 
