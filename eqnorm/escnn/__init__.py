@@ -4,6 +4,9 @@ from ..batch_norm import convert_sync_batchnorm
 from ._batch_norm import FieldBatchNorm
 from ._equivariance import equivariance_errors, grid_elements, is_grid_symmetry, random_input, sample_elements
 from ._group_norm import FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm
+from ._sklearn_compat import patch_randomized_svd
+
+patch_randomized_svd()
 
 __all__ = [
     "FieldBatchNorm",

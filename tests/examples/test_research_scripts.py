@@ -69,7 +69,8 @@ def check_mixed_variance(out: Path) -> None:
     fixed = at[("interleaved, group_by='representation'", 1000.0)]
     assert float(mixed["b_scale"]) < 0.01 and float(mixed["b_r2"]) < 0.1
     assert abs(float(fixed["b_scale"]) - 1) < 0.05 and float(fixed["b_r2"]) > 0.99
-    assert all(abs(a - 1) < 0.05 for a in numbers(table, "a_scale"))
+    # the loud fields come out at unit scale, or sqrt(20/16) when 4 near-zero quiet channels share their group
+    assert all(0.95 < a < 1.2 for a in numbers(table, "a_scale"))
 
 
 def check_contrast(out: Path) -> None:
