@@ -1,7 +1,7 @@
 """Command line, output folder, CSV and plot conventions shared by the research example scripts.
 
-Every script takes ``--quick`` (a smoke run within a minute, used by CI), ``--out`` (the output folder, printed at the
-start) and ``--seeds``; it writes its table as CSV and its figure as PNG into the output folder.
+Every script takes ``--quick`` (a smoke run within a minute, used by CI) and ``--out`` (the output folder, printed at
+the start), those that repeat runs ``--seeds``; each writes its tables as CSV and its figure as PNG into the folder.
 """
 
 from __future__ import annotations
@@ -26,32 +26,39 @@ HERE = Path(__file__).resolve().parent
 
 
 def parse_args(
-    name: str, doc: str | None, extra: Callable[[argparse.ArgumentParser], None] | None = None, seeds: int = 1
+    name: str,
+    doc: str | None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+    seeds: int | None = None,
 ) -> argparse.Namespace:
-    """Parse the common flags (and the script's own, added by ``extra``); set threads and create the output folder."""
+    """Parse the common flags (and the script's own, added by ``extra``; ``--seeds`` where ``seeds`` gives its
+    default); set the thread count and create the output folder."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run of under a minute (fewer epochs and data)")
     parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: examples/results/{name})")
-    parser.add_argument("--seeds", type=int, default=seeds, help="number of random seeds (default: %(default)s)")
+    if seeds is not None:
+        parser.add_argument("--seeds", type=int, default=seeds, help="number of random seeds (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     if extra is not None:
         extra(parser)
     args = parser.parse_args()
-    if args.quick:
+    if args.quick and seeds is not None:
         args.seeds = 1
     if args.out is None:
         args.out = HERE / "results" / ("quick" if args.quick else "") / name
     args.out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_progress:
+        os.environ["EQNORM_NO_PROGRESS"] = "1"
     args.started = time.perf_counter()
     print(f"{name}: writing to {args.out}" + (" (quick run)" if args.quick else ""), flush=True)
     return args
 
 
 def progress(items: Iterable[Any], desc: str, total: int | None = None, **kwargs: Any) -> Iterator[Any]:
-    """A tqdm progress bar on stderr, hidden when ``EQNORM_NO_PROGRESS`` is set (the test suite sets it)."""
+    """A tqdm progress bar on stderr, hidden by ``--no-progress`` or ``EQNORM_NO_PROGRESS`` (the tests set it)."""
     disable = bool(os.environ.get("EQNORM_NO_PROGRESS"))
     yield from tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=disable, **kwargs)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,3 +71,13 @@ def error_rate(model: torch.nn.Module, data: Split, batch_size: int = 256) -> fl
         logits = model(data.x[start : start + batch_size])
         wrong += int((logits.argmax(1) != data.y[start : start + batch_size]).sum())
     return wrong / len(data)
+
+
+def train_and_test(model: torch.nn.Module, train_set: Split, test_set: Split, desc: str, **kwargs: Any) -> dict:
+    """:func:`train`, then :func:`error_rate` on ``test_set``; prints one line and returns the final training loss,
+    the test error and the seconds taken."""
+    start = time.perf_counter()
+    losses = train(model, train_set, desc=desc, **kwargs)
+    error = error_rate(model, test_set)
+    print(f"{desc}: train loss {losses[-1]:.3f}, test error {100 * error:.1f}%", flush=True)
+    return {"final_train_loss": losses[-1], "test_error": error, "seconds": time.perf_counter() - start}

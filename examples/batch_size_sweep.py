@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import matplotlib.pyplot as plt
 import torch
 from _cli import finish, mean_std, parse_args, save_figure, write_csv
 from _digits import rotated_digits
 from _steerable import SteerableCNN
-from _training import error_rate, train
+from _training import train_and_test
 
 BATCH_SIZES = (2, 4, 8, 16, 32)
 NORMS = ("batch", "group", "layer", "instance")
@@ -44,23 +43,13 @@ def main() -> None:
                 torch.manual_seed(seed)
                 model = SteerableCNN(norm)
                 lr = args.lr * math.sqrt(batch_size / 32)
-                start = time.perf_counter()
                 desc = f"seed {seed} {norm} norm, batch {batch_size}"
-                losses = train(model, train_set, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, desc=desc)
-                error = error_rate(model, test_set)
-                rows.append(
-                    {
-                        "norm": norm,
-                        "batch_size": batch_size,
-                        "seed": seed,
-                        "lr": lr,
-                        "epochs": epochs,
-                        "final_train_loss": losses[-1],
-                        "test_error": error,
-                        "seconds": time.perf_counter() - start,
-                    }
+                result = train_and_test(
+                    model, train_set, test_set, desc, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
                 )
-                print(f"{desc}: train loss {losses[-1]:.3f}, test error {100 * error:.1f}%", flush=True)
+                rows.append(
+                    {"norm": norm, "batch_size": batch_size, "seed": seed, "lr": lr, "epochs": epochs, **result}
+                )
     write_csv(args.out / "runs.csv", rows)
 
     summary = []

@@ -19,7 +19,6 @@ PyTorch's own layers, which know nothing of fields:
 from __future__ import annotations
 
 import argparse
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from _cli import finish, mean_std, parse_args, save_figure, write_csv
 from _digits import rotated_digits
 from _steerable import SteerableCNN, regular
-from _training import error_rate, train
+from _training import train_and_test
 
 import eqnorm
 
@@ -73,22 +72,9 @@ def main() -> None:
         for groups in GROUPS:
             torch.manual_seed(seed)
             model = SteerableCNN("instance") if groups == "F" else SteerableCNN("group", num_groups=int(groups))
-            start = time.perf_counter()
             desc = f"seed {seed}, G={groups}"
-            losses = train(
-                model, train_set, epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, desc=desc
-            )
-            error = error_rate(model, test_set)
-            rows.append(
-                {
-                    "groups": groups,
-                    "seed": seed,
-                    "final_train_loss": losses[-1],
-                    "test_error": error,
-                    "seconds": time.perf_counter() - start,
-                }
-            )
-            print(f"{desc}: train loss {losses[-1]:.3f}, test error {100 * error:.1f}%", flush=True)
+            common = {"epochs": epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": seed}
+            rows.append({"groups": groups, "seed": seed, **train_and_test(model, train_set, test_set, desc, **common)})
     write_csv(args.out / "runs.csv", rows)
 
     summary = []
