@@ -7,15 +7,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from escnn.nn import EquivariantModule, FieldType, GeometricTensor
+from escnn.nn import FieldType
 
 from ..batch_norm import BatchFieldNorm
 from ..layout import FieldLayout
+from ._field_module import FieldModule
 
 __all__ = ["FieldBatchNorm"]
 
 
-class FieldBatchNorm(EquivariantModule):
+class FieldBatchNorm(FieldModule):
     r"""Equivariant batch normalization: the statistics of :class:`FieldGroupNorm`, pooled over the batch too.
 
     In training, per group :math:`\gamma` (default: one field per group) over all samples :math:`n` and positions
@@ -47,6 +48,8 @@ class FieldBatchNorm(EquivariantModule):
     process_group
         Synchronise the statistics over this ``torch.distributed`` group (see :func:`convert_sync_batchnorm`).
     """
+
+    norm: BatchFieldNorm
 
     def __init__(
         self,
@@ -85,18 +88,6 @@ class FieldBatchNorm(EquivariantModule):
     def running_var(self) -> torch.Tensor:
         """Running unbiased variance per group ``(G,)``."""
         return self.norm.running_var
-
-    def forward(self, input: GeometricTensor) -> GeometricTensor:
-        if not isinstance(input, GeometricTensor):
-            raise TypeError(f"FieldBatchNorm expects an escnn GeometricTensor, got {type(input).__name__}")
-        if input.type != self.in_type:
-            raise ValueError(f"FieldBatchNorm was built for field type {self.in_type} but got {input.type}")
-        return GeometricTensor(self.norm(input.tensor), self.out_type, input.coords)
-
-    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        if len(input_shape) < 2 or input_shape[1] != self.in_type.size:
-            raise ValueError(f"expected a shape (N, {self.in_type.size}, ...), got {tuple(input_shape)}")
-        return tuple(input_shape)
 
     def export(self) -> BatchFieldNorm:
         """A plain :class:`~eqnorm.batch_norm.BatchFieldNorm` computing the same function, no escnn inside."""

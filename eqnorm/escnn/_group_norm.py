@@ -6,16 +6,17 @@ import copy
 from collections.abc import Sequence
 
 import torch
-from escnn.nn import EquivariantModule, FieldType, GeometricTensor
+from escnn.nn import FieldType, GeometricTensor
 
 from ..layout import FieldLayout
 from ..module import FieldNorm
 from ._equivariance import Measurement, assert_within, equivariance_errors, grid_elements, random_input, sample_elements
+from ._field_module import FieldModule
 
 __all__ = ["FieldGroupNorm", "FieldInstanceNorm", "FieldLayerNorm"]
 
 
-class FieldGroupNorm(EquivariantModule):
+class FieldGroupNorm(FieldModule):
     r"""Equivariant group normalization of an escnn field type: statistics per sample over groups of whole fields.
 
     For sample :math:`n`, group :math:`\gamma` of fields and channel :math:`c` of field :math:`i` in :math:`\gamma`,
@@ -62,6 +63,8 @@ class FieldGroupNorm(EquivariantModule):
     torch.Size([2, 34, 7, 7])
     """
 
+    norm: FieldNorm
+
     def __init__(
         self,
         in_type: FieldType,
@@ -92,20 +95,6 @@ class FieldGroupNorm(EquivariantModule):
     def bias(self) -> torch.nn.Parameter | None:
         """One bias per trivial irrep copy, shape ``(num_trivial,)``."""
         return self.norm.bias
-
-    def forward(self, input: GeometricTensor) -> GeometricTensor:
-        if not isinstance(input, GeometricTensor):
-            raise TypeError(f"{type(self).__name__} expects an escnn GeometricTensor, got {type(input).__name__}")
-        if input.type != self.in_type:
-            raise ValueError(
-                f"{type(self).__name__} was built for field type {self.in_type} but got a tensor of type {input.type}"
-            )
-        return GeometricTensor(self.norm(input.tensor), self.out_type, input.coords)
-
-    def evaluate_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        if len(input_shape) < 2 or input_shape[1] != self.in_type.size:
-            raise ValueError(f"expected a shape (N, {self.in_type.size}, ...), got {tuple(input_shape)}")
-        return tuple(input_shape)
 
     def equivariance_errors(
         self, samples: int | None = None, dtype: torch.dtype = torch.float64, seed: int = 0
