@@ -234,9 +234,8 @@ def main() -> None:
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                mae, _ = evaluate(model, test_set, mean, std)
+                mae, change = evaluate(model, test_set, mean, std)
                 curve.append(mae)
-            mae, change = evaluate(model, test_set, mean, std)
             curves[f"{norm} norm, batch {batch_size}"] = curve
             rows.append(
                 {

@@ -110,9 +110,10 @@ def iou(logits: torch.Tensor, masks: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def mask_changes(model: EquivariantUNet, images: torch.Tensor) -> tuple[float, float]:
-    """Fraction of pixels whose predicted class changes under a 90- and a 45-degree rotation of the input."""
-    pred = model(images) > 0
+def mask_changes(model: EquivariantUNet, images: torch.Tensor, logits: torch.Tensor) -> tuple[float, float]:
+    """Fraction of pixels whose predicted class changes under a 90- and a 45-degree rotation of the input, given the
+    model's ``logits`` on ``images``."""
+    pred = logits > 0
     turned = torch.rot90(model(torch.rot90(images, 1, (2, 3))) > 0, -1, (2, 3))
     right = float((turned != pred).float().mean())
     angle = torch.full((len(images),), math.pi / 4)
@@ -155,8 +156,9 @@ def main() -> None:
                     losses.append(loss.item())
             model.eval()
             with torch.no_grad():
-                test_iou = iou(model(test_x), test_y)
-            right, diagonal = mask_changes(model, test_x)
+                logits = model(test_x)
+            test_iou = iou(logits, test_y)
+            right, diagonal = mask_changes(model, test_x, logits)
             curves[f"{norm} norm, batch {batch_size}"] = losses
             rows.append(
                 {
