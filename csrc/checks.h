@@ -1,5 +1,4 @@
-// Argument checks shared by the CPU and CUDA implementations of the four passes. Every message names the op, the
-// argument and the offending value.
+// Argument checks shared by every implementation. Every message names the op, the argument and the offending value.
 #pragma once
 
 #include <torch/library.h>
@@ -7,10 +6,6 @@
 #include <ATen/ATen.h>
 
 #include <optional>
-#include <utility>
-#include <vector>
-
-#include "centering.h"
 
 namespace eqnorm {
 
@@ -21,9 +16,7 @@ struct RowShape {
   int64_t positions;
 };
 
-inline at::ScalarType accumulation_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
+inline at::ScalarType accumulation_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline RowShape check_rows(const char* op, const at::Tensor& x, bool channels_last,
                            const std::optional<at::Tensor>& ptr) {
@@ -43,6 +36,18 @@ inline RowShape check_rows(const char* op, const at::Tensor& x, bool channels_la
   return RowShape{ptr->numel() - 1, x.size(1), x.size(0)};
 }
 
+// The values of ptr (on the CPU): 0 first, the number of rows last, never decreasing.
+inline void check_ptr_values(const char* op, const at::Tensor& ptr, int64_t rows) {
+  const at::Tensor p = ptr.contiguous();
+  const int64_t* v = p.data_ptr<int64_t>();
+  const int64_t n = p.numel();
+  TORCH_CHECK(v[0] == 0 && v[n - 1] == rows, op, ": ptr must run from 0 to the number of rows ", rows,
+              ", got ptr[0] = ", v[0], " and ptr[-1] = ", v[n - 1]);
+  for (int64_t i = 1; i < n; ++i)
+    TORCH_CHECK(v[i] >= v[i - 1], op, ": ptr must be non-decreasing, but ptr[", i, "] = ", v[i], " < ptr[", i - 1,
+                "] = ", v[i - 1]);
+}
+
 inline void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
   TORCH_CHECK(t.sizes() == x.sizes(), op, ": ", name, " must have the shape of x ", x.sizes(), ", got ", t.sizes());
   TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have x's dtype ", x.scalar_type(), ", got ",
@@ -59,50 +64,11 @@ inline void check_stat(const char* op, const char* name, const at::Tensor& t, co
   TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
 }
 
-// The operators and positions of the coefficient kernels, checked against the (N, C) statistics.
-template <typename A>
-std::pair<eqnorm_layout::Centering<A>, eqnorm_layout::Positions<A>> check_centering(
-    const char* op, const at::Tensor& mean, const std::vector<at::Tensor>& same, const at::Tensor& weight,
-    const at::Tensor& center_in,
-    const at::Tensor& center_out, const at::Tensor& group_of_channel, const at::Tensor& group_size,
-    const at::Tensor& channels_by_group, const at::Tensor& group_start, double positions,
-    const std::optional<at::Tensor>& counts) {
-  TORCH_CHECK(mean.dim() == 2, op, ": mean must be 2D (N, C), got ", mean.sizes());
-  const int64_t C = mean.size(1);
-  TORCH_CHECK(weight.numel() == C && weight.scalar_type() == mean.scalar_type() && weight.device() == mean.device(),
-              op, ": weight (and bias) must be ", C, " ", mean.scalar_type(), " values on ", mean.device());
-  for (const auto& t : same)
-    TORCH_CHECK(t.sizes() == mean.sizes() && t.scalar_type() == mean.scalar_type() && t.device() == mean.device(), op,
-                ": every (N, C) statistic must match mean ", mean.sizes(), " ", mean.scalar_type());
-  TORCH_CHECK(center_in.dim() == 2 && center_in.size(0) == C, op, ": center_in must be (", C, ", L), got ",
-              center_in.sizes());
-  const int64_t L = center_in.size(1);
-  TORCH_CHECK(center_out.dim() == 2 && center_out.size(0) == L && center_out.size(1) == C, op,
-              ": center_out must be (", L, ", ", C, "), got ", center_out.sizes());
-  TORCH_CHECK(group_of_channel.scalar_type() == at::kLong && group_of_channel.numel() == C, op,
-              ": group_of_channel must be ", C, " int64 values, got ", group_of_channel.sizes(), " ",
-              group_of_channel.scalar_type());
-  for (const at::Tensor* t : {&center_in, &center_out, &group_size})
-    TORCH_CHECK(t->scalar_type() == mean.scalar_type() && t->device() == mean.device() && t->is_contiguous(), op,
-                ": the layout operators must be contiguous ", mean.scalar_type(), " on ", mean.device());
-  TORCH_CHECK(channels_by_group.scalar_type() == at::kLong && channels_by_group.numel() == C, op,
-              ": channels_by_group must be ", C, " int64 values, got ", channels_by_group.sizes());
-  TORCH_CHECK(group_start.scalar_type() == at::kLong && group_start.numel() == group_size.numel() + 1, op,
-              ": group_start must be ", group_size.numel() + 1, " int64 offsets, got ", group_start.sizes());
-  for (const at::Tensor* t : {&group_of_channel, &channels_by_group, &group_start})
-    TORCH_CHECK(t->device() == mean.device() && t->is_contiguous(), op,
-                ": the layout's index tensors must be contiguous on ", mean.device());
-  const A* count_data = nullptr;
-  if (counts.has_value()) {
-    TORCH_CHECK(counts->numel() == mean.size(0) && counts->scalar_type() == mean.scalar_type() &&
-                    counts->device() == mean.device() && counts->is_contiguous(),
-                op, ": counts must be ", mean.size(0), " contiguous ", mean.scalar_type(), " values on ", mean.device());
-    count_data = counts->data_ptr<A>();
-  }
-  return {{center_in.data_ptr<A>(), center_out.data_ptr<A>(), group_of_channel.data_ptr<int64_t>(),
-           group_size.data_ptr<A>(), channels_by_group.data_ptr<int64_t>(), group_start.data_ptr<int64_t>(), C, L,
-           group_size.numel()},
-          {static_cast<A>(positions), count_data}};
+// A parameter vector: 1D, floating, on x's device.
+inline void check_parameter(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(t.dim() == 1, op, ": ", name, " must be 1D, got shape ", t.sizes());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be floating point, got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
 }
 
 }  // namespace eqnorm

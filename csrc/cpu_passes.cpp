@@ -1,4 +1,4 @@
-// The four normalization passes on the CPU.
+// The four normalization passes on the CPU (the building blocks of eqnorm::field_norm).
 //
 // Channels-first rows are contiguous: each is cut into blocks that stay in L1, a block's mean and squared deviations
 // are taken in two passes over it, and blocks are merged with Chan's formula. Channels-last and ragged rows are walked
@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "checks.h"
+#include "field_norm.h"
 
 namespace eqnorm {
 namespace {
@@ -261,16 +261,6 @@ void elementwise(const T* dy, const T* x, const A* a, const A* u, const A* v, T*
   });
 }
 
-void check_ptr(const char* op, const at::Tensor& ptr, int64_t total) {
-  const int64_t* p = ptr.data_ptr<int64_t>();
-  const int64_t n = ptr.numel();
-  TORCH_CHECK(p[0] >= 0 && p[n - 1] <= total, op, ": ptr must lie in [0, ", total, "], got ptr[0] = ", p[0],
-              " and ptr[-1] = ", p[n - 1]);
-  for (int64_t i = 1; i < n; ++i)
-    TORCH_CHECK(p[i] >= p[i - 1], op, ": ptr must be non-decreasing, but ptr[", i, "] = ", p[i], " < ptr[", i - 1,
-                "] = ", p[i - 1]);
-}
-
 struct Prepared {
   RowShape shape;
   std::optional<at::Tensor> ptr;
@@ -280,10 +270,7 @@ struct Prepared {
 Prepared prepare(const char* op, const at::Tensor& x, bool last, const std::optional<at::Tensor>& ptr) {
   const RowShape s = check_rows(op, x, last, ptr);
   std::optional<at::Tensor> p;
-  if (ptr.has_value()) {
-    p = ptr->contiguous();
-    check_ptr(op, *p, s.positions);
-  }
+  if (ptr.has_value()) p = ptr->contiguous();
   return {s, p, p ? p->data_ptr<int64_t>() : nullptr};
 }
 
@@ -357,11 +344,9 @@ at::Tensor affine_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(eqnorm, CPU, m) {
-  m.impl("moments", &moments_cpu);
-  m.impl("affine", &affine_cpu);
-  m.impl("moments_backward", &moments_backward_cpu);
-  m.impl("affine_backward", &affine_backward_cpu);
+const Passes& cpu_passes() {
+  static const Passes passes{&moments_cpu, &affine_cpu, &moments_backward_cpu, &affine_backward_cpu};
+  return passes;
 }
 
 }  // namespace eqnorm

@@ -1,11 +1,11 @@
-// The CUDA implementations of the four passes: argument checks, allocation and the current stream here, the kernels
-// in cuda/passes.cu (which include no torch header). Compiled only when the extension is built with CUDA.
+// eqnorm::field_norm on CUDA: the four passes (argument checks, allocation and the current stream here, the kernels in
+// cuda/passes.cu, which include no torch header) around the ATen coefficient map. Compiled only when the extension is
+// built with CUDA.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include "checks.h"
-#include "cuda/coefficients.h"
 #include "cuda/passes.h"
+#include "field_norm.h"
 
 namespace eqnorm {
 namespace {
@@ -106,63 +106,33 @@ at::Tensor affine_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in,
   return dx;
 }
 
-std::tuple<at::Tensor, at::Tensor> coefficients_cuda(const at::Tensor& mean_in, const at::Tensor& m2_in,
-                                                     const at::Tensor& weight, const at::Tensor& bias,
-                                                     const at::Tensor& center_in, const at::Tensor& center_out,
-                                                     const at::Tensor& group_of_channel, const at::Tensor& group_size,
-                                                     const at::Tensor& channels_by_group,
-                                                     const at::Tensor& group_start, double positions,
-                                                     const std::optional<at::Tensor>& counts, double eps) {
-  const char* op = "eqnorm::coefficients";
-  const c10::cuda::CUDAGuard guard(mean_in.device());
-  const at::Tensor mean = mean_in.contiguous(), m2 = m2_in.contiguous();
-  const at::Tensor w = weight.contiguous(), b = bias.contiguous();
-  TORCH_CHECK(b.sizes() == w.sizes(), op, ": bias must have the shape of weight ", w.sizes(), ", got ", b.sizes());
-  at::Tensor a = at::empty_like(mean), beta = at::empty_like(mean);
-  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm_coefficients", [&] {
-    auto [cen, pos] = check_centering<scalar_t>(op, mean, {m2}, w, center_in, center_out, group_of_channel, group_size,
-                                          channels_by_group, group_start, positions, counts);
-    check_cuda(op, eqnorm_cuda::coefficients<scalar_t>(mean.data_ptr<scalar_t>(), m2.data_ptr<scalar_t>(),
-                                                       w.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), cen, pos,
-                                                       static_cast<scalar_t>(eps), mean.size(0),
-                                                       a.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(),
-                                                       at::cuda::getCurrentCUDAStream()));
-  });
-  return {a, beta};
+const Passes& cuda_passes() {
+  static const Passes passes{&moments_cuda, &affine_cuda, &moments_backward_cuda, &affine_backward_cuda};
+  return passes;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_cuda(
-    const at::Tensor& grad_a_in, const at::Tensor& grad_beta_in, const at::Tensor& mean_in, const at::Tensor& m2_in,
-    const at::Tensor& weight, const at::Tensor& center_in, const at::Tensor& center_out,
-    const at::Tensor& group_of_channel, const at::Tensor& group_size, const at::Tensor& channels_by_group,
-    const at::Tensor& group_start, double positions, const std::optional<at::Tensor>& counts, double eps) {
-  const char* op = "eqnorm::coefficients_backward";
-  const c10::cuda::CUDAGuard guard(mean_in.device());
-  const at::Tensor mean = mean_in.contiguous(), m2 = m2_in.contiguous();
-  const at::Tensor ga = grad_a_in.contiguous(), gb = grad_beta_in.contiguous(), w = weight.contiguous();
-  at::Tensor a = at::empty_like(mean), u = at::empty_like(mean), v = at::empty_like(mean);
-  at::Tensor gw = at::empty_like(mean);
-  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm_coefficients_backward", [&] {
-    auto [cen, pos] = check_centering<scalar_t>(op, mean, {m2, ga, gb}, w, center_in, center_out, group_of_channel,
-                                          group_size, channels_by_group, group_start, positions, counts);
-    check_cuda(op, eqnorm_cuda::coefficients_backward<scalar_t>(
-                       ga.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
-                       m2.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), cen, pos, static_cast<scalar_t>(eps),
-                       mean.size(0), a.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
-                       gw.data_ptr<scalar_t>(), at::cuda::getCurrentCUDAStream()));
-  });
-  return {a, u, v, gw};
+std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_cuda(const at::Tensor& x, const at::Tensor& weight,
+                                                              const at::Tensor& bias, at::TensorList layout,
+                                                              const std::optional<at::Tensor>& ptr, bool last,
+                                                              bool batch, double eps) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return field_norm_forward(cuda_passes(), &coefficients_aten, x, weight, bias, layout, ptr, last, batch, eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward_cuda(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& weight,
+    const at::Tensor& bias, at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
+    double eps) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return field_norm_backward(cuda_passes(), &coefficients_backward_aten, dy, x, mean, m2, weight, bias, layout, ptr,
+                             last, batch, eps);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(eqnorm, CUDA, m) {
-  m.impl("coefficients", &coefficients_cuda);
-  m.impl("coefficients_backward", &coefficients_backward_cuda);
-  m.impl("moments", &moments_cuda);
-  m.impl("affine", &affine_cuda);
-  m.impl("moments_backward", &moments_backward_cuda);
-  m.impl("affine_backward", &affine_backward_cuda);
+  m.impl("field_norm", &field_norm_cuda);
+  m.impl("field_norm_backward", &field_norm_backward_cuda);
 }
 
 }  // namespace eqnorm

@@ -1,4 +1,4 @@
-// The op schemas of the four passes, and the Python module that loads them (import eqnorm._C).
+// The op schemas, and the Python module that loads them (import eqnorm._C).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -11,20 +11,16 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(eqnorm, m) {
-  m.def("moments(Tensor x, bool channels_last, Tensor? ptr=None) -> (Tensor, Tensor)");
-  m.def("affine(Tensor x, Tensor a, Tensor beta, bool channels_last, Tensor? ptr=None) -> Tensor");
-  m.def("moments_backward(Tensor dy, Tensor x, bool channels_last, Tensor? ptr=None) -> (Tensor, Tensor)");
+  // The whole layer, as torch's native_group_norm: statistics, the small (N, C) coefficient map and the affine pass in
+  // one call. x is (N, C, P), (N, P, C) when channels_last, or ragged (rows, C) with offsets ptr; batch pools the
+  // statistics over the samples (batch norm). layout is the FieldLayout's index and operator tensors (layout_args.h).
+  // Returns y and the per-sample mean and M2 (N, C) that the backward reads.
   m.def(
-      "affine_backward(Tensor dy, Tensor x, Tensor a, Tensor u, Tensor v, bool channels_last, Tensor? ptr=None) -> "
-      "Tensor");
-  // the small (N, C) coefficient map and its vector-Jacobian product, fused (eqnorm/coefficients.py holds the same
-  // math in PyTorch, for machines without the extension and as the tests' reference)
+      "field_norm(Tensor x, Tensor weight, Tensor bias, Tensor[] layout, Tensor? ptr, bool channels_last, "
+      "bool batch, float eps) -> (Tensor, Tensor, Tensor)");
+  // The fused backward: (dx, dweight, dbias). Not differentiable itself: double backward differentiates field_norm
+  // through its composite form (autograd.cpp).
   m.def(
-      "coefficients(Tensor mean, Tensor m2, Tensor weight, Tensor bias, Tensor center_in, Tensor center_out, "
-      "Tensor group_of_channel, Tensor group_size, Tensor channels_by_group, Tensor group_start, float positions, "
-      "Tensor? counts, float eps) -> (Tensor, Tensor)");
-  m.def(
-      "coefficients_backward(Tensor grad_a, Tensor grad_beta, Tensor mean, Tensor m2, Tensor weight, "
-      "Tensor center_in, Tensor center_out, Tensor group_of_channel, Tensor group_size, Tensor channels_by_group, "
-      "Tensor group_start, float positions, Tensor? counts, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+      "field_norm_backward(Tensor dy, Tensor x, Tensor mean, Tensor m2, Tensor weight, Tensor bias, Tensor[] layout, "
+      "Tensor? ptr, bool channels_last, bool batch, float eps) -> (Tensor, Tensor, Tensor)");
 }

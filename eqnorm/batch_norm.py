@@ -7,21 +7,22 @@ from typing import Any
 
 import torch
 
-from . import _ops
-from .batch_statistics import running_statistics
-from .functional import check_eps, check_input, expand_parameters, field_batch_norm
-from .layout import FieldLayout, LayoutOperators
+from .batch_statistics import running_statistics, sync_pool
+from .coefficients import channel_bias
+from .functional import check_input, field_norm
+from .layout import FieldLayout
+from .module import LayoutModule
 
 __all__ = ["BatchFieldNorm", "convert_sync_batchnorm"]
 
 
-class BatchFieldNorm(torch.nn.Module):
+class BatchFieldNorm(LayoutModule):
     r"""Batch normalization over the fields of a :class:`~eqnorm.FieldLayout`, on ``(N, C, *spatial)`` tensors.
 
-    Training: the coefficients of :func:`eqnorm.coefficients.affine_coefficients` computed on the statistics of the
-    whole batch (and of every process when ``sync``), gradients through them. Running averages of the centering
-    vector (on trivial irreps: invariant) and of the unbiased group variances, as ``torch.nn.BatchNorm2d`` keeps them,
-    are used in eval mode: :math:`y = w (x - \bar{\mathrm{cen}}) / \sqrt{\bar\sigma^2 + \epsilon} + b`.
+    Training: the coefficients of :mod:`eqnorm.coefficients` computed on the statistics of the whole batch (and of
+    every process when ``sync``), gradients through them. Running averages of the centering vector (on trivial irreps:
+    invariant) and of the unbiased group variances, as ``torch.nn.BatchNorm2d`` keeps them, are used in eval mode:
+    :math:`y = w (x - \bar{\mathrm{cen}}) / \sqrt{\bar\sigma^2 + \epsilon} + b`.
     """
 
     running_cen: torch.Tensor
@@ -44,14 +45,10 @@ class BatchFieldNorm(torch.nn.Module):
             )
         if momentum is not None and not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
-        super().__init__()
-        self.layout = layout
-        self.eps = check_eps(eps)
+        super().__init__(layout, eps, affine)
         self.momentum = momentum
         self.sync = False
         self.process_group = process_group
-        self.weight = torch.nn.Parameter(torch.ones(layout.num_fields)) if affine else None
-        self.bias = torch.nn.Parameter(torch.zeros(layout.num_trivial)) if affine else None
         self.track_running_stats = track_running_stats
         if track_running_stats:
             self.register_buffer("running_cen", torch.zeros(layout.num_channels))
@@ -60,25 +57,39 @@ class BatchFieldNorm(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.layout)
-        ops = self.layout.operators(_ops.accumulation_dtype(x.dtype), x.device)
-        weight, bias = expand_parameters(ops, self.weight, self.bias, self.layout.num_channels)
-        if self.training or not self.track_running_stats:
-            if self.sync and not torch.distributed.is_initialized():
+        weight, bias = self.parameters_or_constants()
+        t = self.layout_tensors
+        if not self.training and self.track_running_stats:
+            return self._normalize_with_running_statistics(x, weight, bias)
+        values = x.numel() // x.shape[1]
+        if 0 < values <= 1:
+            raise ValueError(
+                "batch normalization in training needs more than one value per channel, got 1 (a batch of one "
+                "sample with no spatial extent); use eval mode or a per-sample norm such as FieldGroupNorm"
+            )
+        if self.sync:
+            if not torch.distributed.is_initialized():
                 raise RuntimeError("FieldBatchNorm is synchronised but torch.distributed is not initialised")
-            if self.training and self.track_running_stats:
-                self._update_running_statistics(x, ops)
-            return field_batch_norm(x, ops, weight, bias, self.eps, self.sync, self.process_group)
-        acc = ops.center_in.dtype
-        a = weight.to(acc) * torch.rsqrt(self.running_var.to(acc) + self.eps)[ops.group_of_channel]
-        beta = bias.to(acc) - a * self.running_cen.to(acc)
+            y, mean, m2 = field_norm(x, weight, bias, t, self.eps, batch=True, pool=sync_pool(self.process_group))
+        else:
+            y, mean, m2 = field_norm(x, weight, bias, t, self.eps, batch=True)
+        if self.training and self.track_running_stats and x.numel() > 0:
+            self._update_running_statistics(mean, m2, values // x.shape[0])
+        return y
+
+    def _normalize_with_running_statistics(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        t = self.layout_tensors
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        a = weight.to(acc)[t.field_of_channel] * torch.rsqrt(self.running_var.to(acc) + self.eps)[t.group_of_channel]
+        beta = channel_bias(bias.to(acc), t, self.layout.num_channels) - a * self.running_cen.to(acc)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return (x.to(acc) * a.view(shape) + beta.view(shape)).to(x.dtype)
 
     @torch.no_grad()
-    def _update_running_statistics(self, x: torch.Tensor, ops: LayoutOperators) -> None:
-        rows = x.detach().reshape(x.shape[0], x.shape[1], -1)
-        mean, m2 = _ops.moments(rows.contiguous(), False)
-        cen, var = running_statistics(mean, m2, ops, rows.shape[2], self.sync, self.process_group)
+    def _update_running_statistics(self, mean: torch.Tensor, m2: torch.Tensor, positions: int) -> None:
+        cen, var = running_statistics(mean, m2, self.layout_tensors, positions, self.sync, self.process_group)
         self.num_batches_tracked += 1
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         self.running_cen.lerp_(cen.to(self.running_cen.dtype), factor)

@@ -9,21 +9,22 @@ Chan's formula gives the whole batch's:
     n = \sum_r n_r, \quad \bar m = \frac{1}{n}\sum_r n_r \bar m_r, \quad
     M_2 = \sum_r M_{2,r} + \sum_r n_r (\bar m_r - \bar m)^2 .
 
-The whole batch is then one "sample" of :func:`eqnorm.coefficients.affine_coefficients`, so the centering and the
+The whole batch is then one "sample" of the coefficient map (:mod:`eqnorm.coefficients`), so the centering and the
 group variances are those of group normalization and equivariance holds for the same reasons. The all-gather across
 processes is differentiable, so gradients are those of batch normalization over the global batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .coefficients import affine_coefficients
-from .layout import LayoutOperators
+from .coefficients import center, group_variance
+from .layout import LayoutTensors
 
-__all__ = ["batch_coefficients", "combine", "running_statistics"]
+__all__ = ["combine", "global_moments", "running_statistics", "sync_pool"]
 
 
 def combine(
@@ -73,35 +74,23 @@ def global_moments(
     return total, mu, spread
 
 
-def batch_coefficients(
-    mean: torch.Tensor,
-    m2: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    ops: LayoutOperators,
-    positions: int,
-    eps: float,
-    sync: bool = False,
-    process_group: Any = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""``(a, beta)`` ``(N, C)``: the same coefficients for every sample, from the statistics of the whole batch."""
-    total, mu, spread = global_moments(mean, m2, positions, sync, process_group)
-    if float(total.detach()) <= 1:
-        raise ValueError(
-            f"batch normalization in training needs more than one value per channel, got {int(total)} (a batch of "
-            "one sample with no spatial extent); use eval mode or a per-sample norm such as FieldGroupNorm"
-        )
-    a, beta = affine_coefficients(mu.unsqueeze(0), spread.unsqueeze(0), weight, bias, ops, total, eps)
-    return a.expand_as(mean), beta.expand_as(mean)
+def sync_pool(process_group: Any) -> Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, ...]]:
+    """The ``pool`` of :func:`eqnorm._ops.torch_field_norm` that combines the batch over every process of the group."""
+
+    def pool(mean: torch.Tensor, m2: torch.Tensor, positions: int) -> tuple[torch.Tensor, ...]:
+        total, mu, spread = global_moments(mean, m2, positions, True, process_group)
+        return mu.unsqueeze(0), spread.unsqueeze(0), total
+
+    return pool
 
 
 def running_statistics(
-    mean: torch.Tensor, m2: torch.Tensor, ops: LayoutOperators, positions: int, sync: bool, process_group: Any
+    mean: torch.Tensor, m2: torch.Tensor, t: LayoutTensors, positions: int, sync: bool, process_group: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The batch's centering vector ``(C,)`` and unbiased variance per group ``(G,)``, for the running averages:
     :math:`\sigma^2_{\mathrm{unbiased}} = \sigma^2 \, n D_\gamma / (n D_\gamma - 1)`."""
     total, mu, spread = global_moments(mean, m2, positions, sync, process_group)
-    cen = (mu @ ops.center_in) @ ops.center_out
-    values = total * ops.group_size
-    var = ((spread + total * (mu - cen).square()) @ ops.group_member) / (values - 1).clamp(min=1)
-    return cen, var
+    cen = center(mu.unsqueeze(0), t)
+    biased = group_variance(mu.unsqueeze(0), spread.unsqueeze(0), cen, total, t)[0]
+    values = total * t.group_size.to(mean.dtype)
+    return cen[0], biased * values / (values - 1).clamp(min=1)

@@ -1,93 +1,75 @@
-r"""The small map from per-channel statistics to the per-channel affine coefficients, and its vector-Jacobian product.
+r"""The small map from per-channel statistics to the per-channel affine coefficients, in plain PyTorch.
 
-For one sample, with :math:`K = A_{\mathrm{in}} A_{\mathrm{out}}` the centering operator, :math:`M` the one-hot
-channel-to-group matrix, :math:`D_\gamma` the channels per group and :math:`P` the positions:
-
-.. math::
-
-    \mathrm{cen} = m K, \quad d = m - \mathrm{cen}, \quad
-    \sigma^2 = \frac{(M_2 + P d^2) M}{P D}, \quad r = (\sigma^2 + \epsilon)^{-1/2}, \quad
-    a = w \odot r M^\top, \quad \beta = b - a \odot \mathrm{cen}.
-
-Its vector-Jacobian product, for cotangents :math:`g_a, g_\beta`:
+For one row (a sample, or the whole batch) with :math:`P` values per channel, :math:`K` the centering operator
+(:class:`~eqnorm.layout.LayoutTensors`), :math:`\gamma(c)` the group of channel :math:`c` and :math:`D_\gamma` its
+channels:
 
 .. math::
 
-    \bar a &= g_a - g_\beta \odot \mathrm{cen}, \quad
-    \bar w = \textstyle\sum_n \bar a \odot r M^\top, \quad \bar b = \textstyle\sum_n g_\beta, \\
-    \bar\sigma^2 &= -\tfrac12 r^3 \odot (\bar a \odot w) M, \quad
-    \bar M_2 = \frac{\bar\sigma^2}{P D} M^\top, \quad
-    \bar m = 2 P\, \bar M_2 \odot d + \left(-a \odot g_\beta - 2 P\, \bar M_2 \odot d\right) K^\top.
+    \mathrm{cen} = K m, \quad d = m - \mathrm{cen}, \quad
+    \sigma^2_\gamma = \frac{\sum_{c\in\gamma} M_{2,c} + P d_c^2}{P D_\gamma}, \quad
+    a_c = \frac{w_{\mathrm{field}(c)}}{\sqrt{\sigma^2_{\gamma(c)} + \epsilon}}, \quad \beta_c = b_c - a_c\,\mathrm{cen}_c.
 
-It works on ``(N, C)`` tensors and costs nothing next to the passes over ``x``; writing the product in closed form
-keeps the backward pass free of nested autograd (and so friendly to ``torch.compile``). ``tests/test_coefficients.py``
-checks it against autograd.
+This is the pure-PyTorch reference of the compiled op's coefficient step (``csrc/field_norm.cpp`` has the same map
+and its closed-form vector-Jacobian product); autograd differentiates it to any order.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .layout import LayoutOperators
+from .layout import LayoutTensors
 
-__all__ = ["affine_coefficients", "affine_coefficients_backward"]
+__all__ = ["affine_coefficients", "center", "channel_bias", "group_variance"]
 
 
-def _statistics(
-    mean: torch.Tensor, m2: torch.Tensor, ops: LayoutOperators, positions: int | torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``cen``, ``d``, ``r`` per group ``(N, G)`` and ``r`` per channel ``(N, C)``."""
-    cen = (mean @ ops.center_in) @ ops.center_out
-    dev = mean - cen
-    var = ((m2 + positions * dev.square()) @ ops.group_member) / (positions * ops.group_size)
-    rstd = torch.rsqrt(var + eps)
-    return cen, dev, rstd, rstd.index_select(1, ops.group_of_channel)
+def center(m: torch.Tensor, t: LayoutTensors) -> torch.Tensor:
+    r""":math:`\mathrm{cen} = K m` for ``(S, C)`` rows: :math:`z_l = s_l \sum_{k: l_k = l} v_k m_{c_k}`, then
+    :math:`\mathrm{cen}_c = \sum_{k: c_k = c} v_k z_{l_k}`."""
+    value = t.center_value.to(m.dtype)
+    z = m.new_zeros(m.shape[0], t.class_scale.shape[0]).index_add(1, t.center_class, m[:, t.center_channel] * value)
+    z = z * t.class_scale.to(m.dtype)
+    return torch.zeros_like(m).index_add(1, t.center_channel, z[:, t.center_class] * value)
+
+
+def group_variance(
+    mean: torch.Tensor, m2: torch.Tensor, cen: torch.Tensor, positions: torch.Tensor | float, t: LayoutTensors
+) -> torch.Tensor:
+    r""":math:`\sigma^2_\gamma = \sum_{c\in\gamma} (M_{2,c} + P (m_c - \mathrm{cen}_c)^2) / (P D_\gamma)`, ``(S, G)``."""
+    spread = m2 + positions * (mean - cen).square()
+    total = mean.new_zeros(mean.shape[0], t.group_size.shape[0]).index_add(1, t.group_of_channel, spread)
+    return total / (positions * t.group_size.to(mean.dtype))
+
+
+def channel_bias(bias: torch.Tensor, t: LayoutTensors, num_channels: int) -> torch.Tensor:
+    r""":math:`b_c = \sum_{j: c_j = c} v_j\,\mathrm{bias}_{t_j}`: the bias on the trivial basis vectors, ``(C,)``."""
+    contributions = bias[t.bias_index] * t.bias_value.to(bias.dtype)
+    return bias.new_zeros(num_channels).index_add(0, t.bias_channel, contributions)
 
 
 def affine_coefficients(
     mean: torch.Tensor,
     m2: torch.Tensor,
+    positions: torch.Tensor | float,
     weight: torch.Tensor,
     bias: torch.Tensor,
-    ops: LayoutOperators,
-    positions: int | torch.Tensor,
+    t: LayoutTensors,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The per-(sample, channel) affine map :math:`(a, \beta)` of the normalization.
+    r"""The per-row affine map :math:`(a, \beta)`, each ``(S, C)``, in the dtype of ``mean``.
 
     Parameters
     ----------
     mean, m2
-        ``(N, C)`` per-channel mean and sum of squared deviations over ``positions`` positions (an int, or an
-        ``(N, 1)`` tensor of per-sample counts for ragged inputs).
+        ``(S, C)`` per-channel mean and sum of squared deviations over ``positions`` values (a number, or an
+        ``(S, 1)`` tensor of per-row counts).
     weight, bias
-        ``(C,)`` channel-expanded weight :math:`w_{\mathrm{field}(c)}` and bias :math:`b_c` (zero off trivial irreps).
-    ops
-        The layout's operators, in the dtype of ``mean``.
+        ``(F,)`` weight per field and ``(T,)`` bias per trivial irrep copy.
+    t
+        The layout's tensors.
     """
-    cen, _, _, rstd_c = _statistics(mean, m2, ops, positions, eps)
-    a = weight * rstd_c
-    return a, bias - a * cen
-
-
-def affine_coefficients_backward(
-    grad_a: torch.Tensor,
-    grad_beta: torch.Tensor,
-    mean: torch.Tensor,
-    m2: torch.Tensor,
-    weight: torch.Tensor,
-    ops: LayoutOperators,
-    positions: int | torch.Tensor,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(a, grad_mean, grad_m2, grad_weight, grad_bias)``: the coefficient ``a`` and the product of the module doc."""
-    cen, dev, rstd, rstd_c = _statistics(mean, m2, ops, positions, eps)
-    a = weight * rstd_c
-    grad_a = grad_a - grad_beta * cen
-    grad_weight = (grad_a * rstd_c).sum(0)
-    grad_var = -0.5 * rstd.pow(3) * ((grad_a * weight) @ ops.group_member)
-    grad_m2 = (grad_var / (positions * ops.group_size)) @ ops.group_member.T
-    grad_dev = 2 * positions * grad_m2 * dev
-    grad_cen = -a * grad_beta - grad_dev
-    grad_mean = grad_dev + (grad_cen @ ops.center_out.T) @ ops.center_in.T
-    return a, grad_mean, grad_m2, grad_weight, grad_beta.sum(0)
+    acc = mean.dtype
+    cen = center(mean, t)
+    rstd = torch.rsqrt(group_variance(mean, m2, cen, positions, t) + eps)
+    a = weight.to(acc)[t.field_of_channel] * rstd[:, t.group_of_channel]
+    return a, channel_bias(bias.to(acc), t, mean.shape[1]) - a * cen

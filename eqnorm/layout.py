@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["CENTERINGS", "FieldLayout", "LayoutOperators", "contiguous_groups"]
+__all__ = ["CENTERINGS", "FieldLayout", "LayoutOperators", "LayoutTensors", "contiguous_groups"]
 
 CENTERINGS = ("trivial", "all", "none")
 
@@ -46,6 +46,35 @@ class LayoutOperators(NamedTuple):
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> LayoutOperators:
         """Cast the floating operators to ``dtype`` and move everything to ``device``."""
         return LayoutOperators(*(t.to(device=device, dtype=dtype if t.is_floating_point() else None) for t in self))
+
+
+class LayoutTensors(NamedTuple):
+    r"""The layout as ``torch.ops.eqnorm.field_norm`` takes it: ten small tensors, sparse where the operators are.
+
+    With ``C`` channels, ``G`` groups, ``L`` centering coordinates (one per irrep coordinate of a (group, irrep type)
+    class), ``K`` basis entries and ``B`` bias entries:
+
+    - ``field_of_channel``, ``group_of_channel`` ``(C,)`` int64; ``group_size`` ``(G,)`` float: :math:`D_\gamma`.
+    - ``center_channel``, ``center_class`` ``(K,)`` int64 and ``center_value`` ``(K,)`` float: the nonzero entries
+      :math:`v_k` of the classes' orthonormal basis vectors; ``class_scale`` ``(L,)``: one over the copies of a class.
+      Then :math:`z_l = s_l \sum_{k:\,l_k = l} v_k m_{c_k}` and :math:`\mathrm{cen}_c = \sum_{k:\,c_k = c} v_k z_{l_k}`,
+      i.e. :math:`\mathrm{cen} = K m` with the symmetric :math:`K = V S V^\top`.
+    - ``bias_channel``, ``bias_index`` ``(B,)`` int64 and ``bias_value`` ``(B,)`` float:
+      :math:`b_c = \sum_{j:\,c_j = c} v_j\,\mathrm{bias}_{t_j}`.
+
+    Float entries are float64; the ops read them in the accumulation dtype of the input.
+    """
+
+    field_of_channel: torch.Tensor
+    group_of_channel: torch.Tensor
+    group_size: torch.Tensor
+    center_channel: torch.Tensor
+    center_class: torch.Tensor
+    center_value: torch.Tensor
+    class_scale: torch.Tensor
+    bias_channel: torch.Tensor
+    bias_index: torch.Tensor
+    bias_value: torch.Tensor
 
 
 def contiguous_groups(num_fields: int, num_groups: int | None) -> list[int]:
@@ -158,9 +187,11 @@ class FieldLayout:
         self.channel_order = None if channel_order is None else np.asarray(channel_order, dtype=np.int64)
         if self.channel_order is not None and sorted(self.channel_order.tolist()) != list(range(self.num_channels)):
             raise ValueError(f"channel_order must be a permutation of range({self.num_channels})")
-        # built eagerly so that a traced or compiled forward only ever casts and moves them
         self._float64 = self._build_operators()
         self._operators: dict[tuple[torch.dtype, torch.device], LayoutOperators] = {}
+        # built eagerly, on the CPU: modules register them as buffers, and nothing traced ever fills a cache
+        self.tensors = self._sparse_tensors()
+        self._device_tensors: dict[torch.device, LayoutTensors] = {}
 
     @property
     def num_fields(self) -> int:
@@ -270,12 +301,48 @@ class FieldLayout:
         """``num_channels`` trivial fields in ``num_groups`` contiguous groups: ``torch.nn.GroupNorm``'s layout."""
         return cls([[0]] * num_channels, {0: 1}, {0}, contiguous_groups(num_channels, num_groups), centering=centering)
 
+    def tensors_on(self, device: torch.device | str) -> LayoutTensors:
+        """:attr:`tensors` on ``device``, copied once per device (modules hold them as buffers instead)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self.tensors
+        if device in self._device_tensors:
+            return self._device_tensors[device]
+        moved = LayoutTensors(*(t.to(device) for t in self.tensors))
+        from torch._subclasses.fake_tensor import is_fake
+
+        if not torch.compiler.is_compiling() and not is_fake(moved.group_size):  # never cache a traced value
+            self._device_tensors[device] = moved
+        return moved
+
     def operators(self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> LayoutOperators:
         """The dense operators of this layout (see :class:`LayoutOperators`), built once per dtype and device."""
         key = (dtype, torch.device(device))
         if key not in self._operators:
             self._operators[key] = self._float64.to(*key)
         return self._operators[key]
+
+    def _sparse_tensors(self) -> LayoutTensors:
+        """The dense operators' nonzeros: ``center_out`` holds the basis entries, ``center_in`` the same scaled by
+        one over the copies of each class."""
+        ops = self._float64
+        basis, spread = ops.center_out.numpy().T, ops.center_in.numpy()  # both (C, L)
+        channel, cls = np.nonzero(basis)
+        scale = np.zeros(basis.shape[1])
+        scale[cls] = spread[channel, cls] / basis[channel, cls]
+        bias_channel, bias_index = np.nonzero(ops.bias_basis.numpy())
+        return LayoutTensors(
+            ops.field_of_channel,
+            ops.group_of_channel,
+            ops.group_size,
+            torch.from_numpy(np.ascontiguousarray(channel)).long(),
+            torch.from_numpy(np.ascontiguousarray(cls)).long(),
+            torch.from_numpy(basis[channel, cls].copy()),
+            torch.from_numpy(scale),
+            torch.from_numpy(np.ascontiguousarray(bias_channel)).long(),
+            torch.from_numpy(np.ascontiguousarray(bias_index)).long(),
+            ops.bias_basis[bias_channel, bias_index].contiguous(),
+        )
 
     def _build_operators(self) -> LayoutOperators:
         C, G = self.num_channels, self.num_groups

@@ -15,9 +15,13 @@ torch_pin="${EQNORM_TORCH_PIN:-torch==2.13.0}"  # an unpinned torch pulls a mult
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+have_gfortran_or_py3nj() {
+  command -v gfortran >/dev/null 2>&1 || { [ -x "$py" ] && "$py" -c "import py3nj" 2>/dev/null; }
+}
+
 setup() {
-  # escnn needs py3nj, which compiles Fortran.
-  if ! command -v gfortran >/dev/null 2>&1 && ! { [ -x "$py" ] && "$py" -c "import py3nj" 2>/dev/null; }; then
+  # escnn needs py3nj, whose sdist compiles Fortran with meson-python.
+  if ! have_gfortran_or_py3nj; then
     echo "eqnorm setup: installing gfortran (needed to build escnn's py3nj)" >&2
     as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gfortran >/dev/null
   fi
@@ -25,14 +29,18 @@ setup() {
     "$(command -v python3.11 || command -v python3)" -m venv "$venv"
   fi
   local stamp
-  stamp=$(cat pyproject.toml setup.py scripts/dev.sh $(find csrc -type f 2>/dev/null | sort) | sha256sum | cut -d' ' -f1)
-  stamp="$stamp ${EQNORM_REQUIRE_EXTENSION:-0}"
+  stamp=$(cat pyproject.toml setup.py MANIFEST.in scripts/dev.sh $(find csrc -type f 2>/dev/null | sort) | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$venv/.eqnorm-setup-stamp" 2>/dev/null)" != "$stamp" ]; then
     echo "eqnorm setup: installing dependencies into .venv (log: .venv/setup.log)" >&2
+    local pip=("$py" -m pip install --disable-pip-version-check)
     {
-      "$py" -m pip install --disable-pip-version-check --upgrade pip setuptools wheel &&
-        "$py" -m pip install --disable-pip-version-check "$torch_pin" "numpy<2" &&
-        "$py" -m pip install --disable-pip-version-check --no-build-isolation -e ".[test,examples,docs]" "numpy<2"
+      "${pip[@]}" --upgrade pip setuptools wheel &&
+        "${pip[@]}" "$torch_pin" "numpy<2" &&
+        # py3nj and lie_learn are sdists that build with their own backends (meson-python, Cython): they need pip's
+        # build isolation, which the last call turns off.
+        "${pip[@]}" py3nj lie_learn "numpy<2" &&
+        # eqnorm's extension must compile against the torch installed above, hence no build isolation here.
+        "${pip[@]}" --no-build-isolation -e ".[all]" "numpy<2"
     } >"$venv/setup.log" 2>&1 || { tail -n 40 "$venv/setup.log" >&2; exit 1; }
     echo "$stamp" >"$venv/.eqnorm-setup-stamp"
   fi

@@ -1,0 +1,110 @@
+// Autograd of eqnorm::field_norm, in C++ so that an eager call never enters Python.
+//
+// Backward with grad mode off (the usual backward) calls the fused eqnorm::field_norm_backward. With grad mode on
+// (create_graph=True: forces from energies, Hessians, gradient penalties) it differentiates the composite ATen form of
+// the layer instead, so the gradient is itself differentiable, to any order.
+#include <torch/autograd.h>
+
+#include "field_norm.h"
+
+namespace eqnorm {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+Outputs call_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                     const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("eqnorm::field_norm", "").typed<decltype(call_forward)>();
+  return op.call(x, weight, bias, layout, ptr, last, batch, eps);
+}
+
+Outputs call_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
+                      const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                      const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("eqnorm::field_norm_backward", "").typed<decltype(call_backward)>();
+  return op.call(dy, x, mean, m2, weight, bias, layout, ptr, last, batch, eps);
+}
+
+class FieldNormFunction : public torch::autograd::Function<FieldNormFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& bias, at::TensorList layout, const std::optional<at::Tensor>& ptr,
+                               bool last, bool batch, double eps) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, mean, m2] = call_forward(x, weight, bias, layout, ptr, last, batch, eps);
+    std::vector<at::Tensor> saved{x, weight, bias, mean, m2, ptr.value_or(at::Tensor())};
+    saved.insert(saved.end(), layout.begin(), layout.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["last"] = last;
+    ctx->saved_data["batch"] = batch;
+    ctx->saved_data["eps"] = eps;
+    ctx->mark_non_differentiable({mean, m2});
+    return {y, mean, m2};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2], &mean = saved[3], &m2 = saved[4];
+    const std::optional<at::Tensor> ptr = saved[5].defined() ? std::optional<at::Tensor>(saved[5]) : std::nullopt;
+    const std::vector<at::Tensor> layout(saved.begin() + 6, saved.end());
+    const bool last = ctx->saved_data["last"].toBool(), batch = ctx->saved_data["batch"].toBool();
+    const double eps = ctx->saved_data["eps"].toDouble();
+    variable_list out(3 + layout.size() + 4);  // one per forward argument, a list counting one per element
+    at::Tensor dy = grads[0];
+    if (!dy.defined()) return out;
+    if (!torch::autograd::GradMode::is_enabled()) {
+      std::tie(out[0], out[1], out[2]) =
+          call_backward(dy.contiguous(), x, mean, m2, weight, bias, layout, ptr, last, batch, eps);
+      return out;
+    }
+    // Differentiable gradient: autograd through the composite form, connected to x, weight, bias and dy.
+    variable_list inputs;
+    std::vector<size_t> slots;
+    for (size_t i = 0; i < 3; ++i)
+      if (saved[i].requires_grad()) {
+        inputs.push_back(saved[i]);
+        slots.push_back(i);
+      }
+    if (inputs.empty()) return out;
+    const at::Tensor y = field_norm_composite(x, weight, bias, layout, ptr, last, batch, eps);
+    const variable_list g = torch::autograd::grad({y}, inputs, {dy}, /*retain_graph=*/true, /*create_graph=*/true,
+                                                  /*allow_unused=*/true);
+    for (size_t k = 0; k < slots.size(); ++k) out[slots[k]] = g[k];
+    return out;
+  }
+};
+
+Outputs field_norm_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                            at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
+                            double eps) {
+  const variable_list out = FieldNormFunction::apply(x, weight, bias, layout, ptr, last, batch, eps);
+  return {out[0], out[1], out[2]};
+}
+
+// The fused backward has no derivative of its own: refuse to be differentiated rather than return wrong gradients.
+Outputs field_norm_backward_autograd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                                     const at::Tensor& m2, const at::Tensor& weight, const at::Tensor& bias,
+                                     at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
+                                     double eps) {
+  const bool differentiated = torch::autograd::GradMode::is_enabled() &&
+                              (dy.requires_grad() || x.requires_grad() || weight.requires_grad() ||
+                               bias.requires_grad() || mean.requires_grad() || m2.requires_grad());
+  TORCH_CHECK(!differentiated,
+              "eqnorm::field_norm_backward is not differentiable; for higher derivatives differentiate "
+              "eqnorm::field_norm with create_graph=True, which takes a differentiable path");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch, eps);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(eqnorm, Autograd, m) {
+  m.impl("field_norm", &field_norm_autograd);
+  m.impl("field_norm_backward", &field_norm_backward_autograd);
+}
+
+}  // namespace eqnorm

@@ -1,0 +1,64 @@
+// The layer as one op, for any device: the passes over x come from the device, the small (N, C) coefficient map from
+// the device or from the ATen form below. Formulas: eqnorm/coefficients.py.
+#pragma once
+
+#include <functional>
+#include <tuple>
+
+#include "layout_args.h"
+
+namespace eqnorm {
+
+using Stats = std::tuple<at::Tensor, at::Tensor>;
+
+// The four passes over x of one device (DESIGN section 2).
+struct Passes {
+  Stats (*moments)(const at::Tensor& x, bool last, const std::optional<at::Tensor>& ptr);
+  at::Tensor (*affine)(const at::Tensor& x, const at::Tensor& a, const at::Tensor& beta, bool last,
+                       const std::optional<at::Tensor>& ptr);
+  Stats (*moments_backward)(const at::Tensor& dy, const at::Tensor& x, bool last, const std::optional<at::Tensor>& ptr);
+  at::Tensor (*affine_backward)(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& a, const at::Tensor& u,
+                                const at::Tensor& v, bool last, const std::optional<at::Tensor>& ptr);
+};
+
+// The CPU's passes (cpu_passes.cpp).
+const Passes& cpu_passes();
+
+// The statistics the coefficient map sees: (S, C) mean and M2 over `positions` values per row, a (S, 1) tensor or a
+// 0-dim one (S = N, or 1 when pooled over the batch).
+struct Pooled {
+  at::Tensor mean, m2, positions;
+};
+
+// (mean, m2, weight, bias) -> (a, beta), each (S, C) in the statistics' dtype.
+using CoefficientsForward = Stats (*)(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias,
+                                      const LayoutArgs& l, double eps);
+// (sum dy x, sum dy) -> (a, u, v, dweight, dbias): dx = a dy + u x + v, and the parameter gradients.
+using CoefficientsBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> (*)(
+    const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
+    const at::Tensor& bias, const LayoutArgs& l, double eps);
+
+// The coefficient map and its closed-form vector-Jacobian product in ATen operations (differentiable, any device).
+Stats coefficients_aten(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& l,
+                        double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_aten(
+    const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
+    const at::Tensor& bias, const LayoutArgs& l, double eps);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_forward(const Passes& p, CoefficientsForward coefficients,
+                                                                 const at::Tensor& x, const at::Tensor& weight,
+                                                                 const at::Tensor& bias, at::TensorList layout,
+                                                                 const std::optional<at::Tensor>& ptr, bool last,
+                                                                 bool batch, double eps);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward(
+    const Passes& p, CoefficientsBackward coefficients, const at::Tensor& dy, const at::Tensor& x,
+    const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& weight, const at::Tensor& bias,
+    at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps);
+
+// y of field_norm from differentiable ATen operations only: what double backward differentiates.
+at::Tensor field_norm_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
+                                double eps);
+
+}  // namespace eqnorm
