@@ -179,6 +179,9 @@ if _EXTENSION:
         batch: bool,
         eps: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        for name, t in (("weight", weight), ("bias", bias), ("ptr", ptr), *(("layout", t) for t in layout)):
+            if t is not None and t.device != x.device:
+                raise RuntimeError(f"eqnorm::field_norm: {name} is on {t.device} but x is on {x.device}")
         torch._check(x.dim() == (2 if ptr is not None else 3), lambda: f"eqnorm::field_norm: bad x {x.shape}")
         shape = _statistics_shape(x, channels_last, ptr)
         acc = accumulation_dtype(x.dtype)

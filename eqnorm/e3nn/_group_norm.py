@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .._ops import check_ptr
 from ..layout import FieldLayout
 from ..module import FieldNorm
 from ._irreps import check_features, parse_irreps
@@ -17,31 +18,42 @@ OVER = ("node", "points", "graph")
 
 
 def segment_offsets(
-    num_nodes: int, batch: torch.Tensor | None, ptr: torch.Tensor | None, device: torch.device
+    num_nodes: int,
+    batch: torch.Tensor | None,
+    ptr: torch.Tensor | None,
+    device: torch.device,
+    num_graphs: int | None = None,
 ) -> torch.Tensor:
     r"""``ptr`` (graph ``n`` owns nodes ``ptr[n]:ptr[n+1]``) from PyTorch Geometric's ``batch`` or ``ptr``:
-    :math:`\mathrm{ptr}_0 = 0`, :math:`\mathrm{ptr}_{n+1} = \mathrm{ptr}_n + |\{i : \mathrm{batch}_i = n\}|`.
+    :math:`\mathrm{ptr}_n = |\{i : \mathrm{batch}_i < n\}|`.
 
     ``batch`` must be sorted (nodes grouped by graph, as PyTorch Geometric's loaders produce); an unsorted ``batch``
-    is refused with a ``ValueError`` rather than silently regrouped. Neither given: one graph of all nodes.
+    is refused with a ``ValueError`` rather than silently regrouped. With ``num_graphs`` (PyTorch Geometric's
+    ``num_graphs``/``dim_size``) the offsets have a size known in advance, so ``torch.compile(fullgraph=True)`` and
+    ``torch.export`` need no data-dependent size; without it, graphs with no node are skipped (they own no output),
+    which costs memory in proportion to the nodes, never to the largest graph id. Neither given: one graph.
     """
     if batch is not None and ptr is not None:
         raise ValueError("give batch or ptr, not both")
     if ptr is None and batch is None:
         return torch.tensor([0, num_nodes], device=device)
     if ptr is not None:
-        if ptr.dim() != 1 or ptr.dtype != torch.long or ptr.numel() < 1:
-            raise ValueError(f"ptr must be 1D int64 offsets, got shape {tuple(ptr.shape)} and dtype {ptr.dtype}")
-        if not torch.compiler.is_compiling():
-            if int(ptr[0]) != 0 or int(ptr[-1]) != num_nodes or bool((ptr.diff() < 0).any()):
-                raise ValueError(f"ptr must rise from 0 to the number of nodes {num_nodes}, got {ptr.tolist()}")
+        check_ptr(ptr, num_nodes)
         return ptr
     assert batch is not None
     if batch.shape != (num_nodes,) or batch.dtype != torch.long:
         raise ValueError(f"batch must be {num_nodes} int64 graph indices, got shape {tuple(batch.shape)} {batch.dtype}")
-    if num_nodes and (bool((batch.diff() < 0).any()) or int(batch[0]) < 0):
-        raise ValueError("batch must be sorted and non-negative (nodes grouped by graph); sort the nodes first")
-    counts = torch.bincount(batch) if num_nodes else batch.new_zeros(0)
+    if num_graphs is not None and (isinstance(num_graphs, bool) or not isinstance(num_graphs, (int, torch.SymInt))):
+        raise TypeError(f"num_graphs must be an int, got {type(num_graphs).__name__}")
+    if not torch.compiler.is_compiling() and num_nodes:
+        if bool((batch.diff() < 0).any()) or int(batch[0]) < 0:
+            raise ValueError("batch must be sorted and non-negative (nodes grouped by graph); sort the nodes first")
+        if num_graphs is not None and int(batch[-1]) >= num_graphs:
+            raise ValueError(f"batch holds graph id {int(batch[-1])} but num_graphs is {num_graphs}")
+    if num_graphs is not None:
+        bounds = torch.arange(num_graphs + 1, device=batch.device)
+        return torch.searchsorted(batch, bounds)
+    counts = torch.unique_consecutive(batch, return_counts=True)[1]
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
@@ -117,11 +129,16 @@ class IrrepsGroupNorm(torch.nn.Module):
         return self.norm.bias
 
     def forward(
-        self, x: torch.Tensor, batch: torch.Tensor | None = None, ptr: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        ptr: torch.Tensor | None = None,
+        num_graphs: int | None = None,
     ) -> torch.Tensor:
+        """``x`` as ``over`` says; per graph, ``batch`` (with ``num_graphs`` for compiled code) or ``ptr``."""
         dim = self.dim
         check_features(x, dim)
-        if self.over != "graph" and (batch is not None or ptr is not None):
+        if self.over != "graph" and (batch is not None or ptr is not None or num_graphs is not None):
             raise ValueError(f"batch and ptr are for over='graph'; this layer normalizes over={self.over!r}")
         if self.over == "node":
             return self.norm(x.reshape(-1, dim)).reshape(x.shape)
@@ -131,7 +148,7 @@ class IrrepsGroupNorm(torch.nn.Module):
             return self.norm(x.transpose(1, 2)).transpose(1, 2)
         if x.dim() != 2:
             raise ValueError(f"over='graph' expects (num_nodes, {dim}), got {tuple(x.shape)}")
-        return self.norm(x, ptr=segment_offsets(x.shape[0], batch, ptr, x.device))
+        return self.norm(x, ptr=segment_offsets(x.shape[0], batch, ptr, x.device, num_graphs))
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in}, over={self.over!r}, {self.norm.extra_repr()}"
