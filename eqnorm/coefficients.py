@@ -8,7 +8,8 @@ channels:
 
     \mathrm{cen} = K m, \quad d = m - \mathrm{cen}, \quad
     \sigma^2_\gamma = \frac{\sum_{c\in\gamma} M_{2,c} + P d_c^2}{P D_\gamma}, \quad
-    a_c = \frac{w_{\mathrm{field}(c)}}{\sqrt{\sigma^2_{\gamma(c)} + \epsilon}}, \quad \beta_c = b_c - a_c\,\mathrm{cen}_c.
+    a_c = \frac{w_{\mathrm{field}(c)}}{\sqrt{\sigma^2_{\gamma(c)} + \epsilon}}, \quad
+    \beta_c = b_c - a_c\,\mathrm{cen}_c.
 
 This is the pure-PyTorch reference of the compiled op's coefficient step (``csrc/field_norm.cpp`` has the same map
 and its closed-form vector-Jacobian product); autograd differentiates it to any order.
@@ -35,7 +36,8 @@ def center(m: torch.Tensor, t: LayoutTensors) -> torch.Tensor:
 def group_variance(
     mean: torch.Tensor, m2: torch.Tensor, cen: torch.Tensor, positions: torch.Tensor | float, t: LayoutTensors
 ) -> torch.Tensor:
-    r""":math:`\sigma^2_\gamma = \sum_{c\in\gamma} (M_{2,c} + P (m_c - \mathrm{cen}_c)^2) / (P D_\gamma)`, ``(S, G)``."""
+    r""":math:`\sigma^2_\gamma = \sum_{c\in\gamma} (M_{2,c} + P (m_c - \mathrm{cen}_c)^2) / (P D_\gamma)`,
+    ``(S, G)``."""
     spread = m2 + positions * (mean - cen).square()
     total = mean.new_zeros(mean.shape[0], t.group_size.shape[0]).index_add(1, t.group_of_channel, spread)
     return total / (positions * t.group_size.to(mean.dtype))

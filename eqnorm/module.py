@@ -23,8 +23,10 @@ class LayoutModule(torch.nn.Module):
     the ops read them in the accumulation dtype of the input.
     """
 
-    weight: torch.Tensor | None
-    bias: torch.Tensor | None
+    weight: torch.nn.Parameter | None
+    bias: torch.nn.Parameter | None
+    unit_weight: torch.Tensor
+    zero_bias: torch.Tensor
 
     def __init__(self, layout: FieldLayout, eps: float, affine: bool) -> None:
         super().__init__()

@@ -88,7 +88,7 @@ def test_forward_and_backward_match_reference(device, dtype):
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     """Schema, fake kernel, autograd registration and dynamic shapes agree with the real kernels."""
-    for name, x, last, ptr, batch in cases(device):
+    for _name, x, last, ptr, batch in cases(device):
         if x.numel() == 0:
             continue
         w, b = parameters(device)
