@@ -1,0 +1,79 @@
+"""Per-call cost of the one-op layer against torch.nn.GroupNorm on the same input, on the CPU.
+
+Each round times every candidate once, in turn (interleaved), so both see the same machine state; the table reports
+medians over rounds and their ratio. Usage: ``python benchmarks/one_op_cpu.py [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from eqnorm import FieldLayout, FieldNorm, kernel_backend
+
+
+def c8_regular(fields: int, groups: int) -> FieldLayout:
+    from escnn import gspaces, nn
+
+    gs = gspaces.rot2dOnR2(8)
+    return FieldLayout.from_field_type(nn.FieldType(gs, fields * [gs.regular_repr]), groups)
+
+
+def e3nn_layout() -> FieldLayout:
+    from e3nn import o3
+
+    return FieldLayout.from_irreps(o3.Irreps("128x0e+32x1o+8x2e"), 8)
+
+
+def cases() -> list[tuple[str, tuple[int, ...], Callable[[], FieldLayout], int, int, bool]]:
+    """(name, shape, layout, torch's num_groups, threads, backward)."""
+    return [
+        ("(1, 16, 2, 2) scalars, 1 thread, forward", (1, 16, 2, 2), lambda: FieldLayout.scalars(16, 4), 4, 1, False),
+        ("(1, 16, 2, 2) scalars, 1 thread, fwd+bwd", (1, 16, 2, 2), lambda: FieldLayout.scalars(16, 4), 4, 1, True),
+        ("(32, 64, 8, 8) C8 regular, fwd+bwd", (32, 64, 8, 8), lambda: c8_regular(8, 4), 4, 2, True),
+        ("(4096, 264) e3nn 128x0e+32x1o+8x2e, fwd+bwd", (4096, 264), e3nn_layout, 8, 2, True),
+        ("(8, 128, 64, 64) C8 regular, fwd+bwd", (8, 128, 64, 64), lambda: c8_regular(16, 8), 8, 2, True),
+    ]
+
+
+def time_call(module: torch.nn.Module, x: torch.Tensor, backward: bool, repeat: int) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        y = module(x)
+        if backward:
+            y.backward(torch.ones_like(y))
+    return (time.perf_counter() - start) / repeat
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    print(f"kernels: {kernel_backend()}; torch {torch.__version__}")
+    print("| case | eqnorm | torch.nn.GroupNorm | ratio |\n|---|---:|---:|---:|")
+    for name, shape, layout, groups, threads, backward in cases():
+        torch.set_num_threads(threads)
+        lay = layout()
+        x = torch.randn(shape).requires_grad_(backward)
+        ours, theirs = FieldNorm(lay), torch.nn.GroupNorm(groups, lay.num_channels)
+        if len(shape) == 2:  # point features: torch's GroupNorm wants (N, C, ...) too
+            x = x.reshape(*shape)
+        numel = x.numel()
+        repeat = max(1, min(2000, 2_000_000 // numel))
+        times: dict[str, list[float]] = {"ours": [], "theirs": []}
+        for module in (ours, theirs):
+            time_call(module, x, backward, repeat)  # warm up
+        for _ in range(args.rounds):
+            times["ours"].append(time_call(ours, x, backward, repeat))
+            times["theirs"].append(time_call(theirs, x, backward, repeat))
+        a, b = statistics.median(times["ours"]), statistics.median(times["theirs"])
+        unit, scale = ("us", 1e6) if a < 1e-3 else ("ms", 1e3)
+        print(f"| {name} | {a * scale:.1f} {unit} | {b * scale:.1f} {unit} | {a / b:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
