@@ -11,10 +11,13 @@
 namespace eqnorm {
 namespace {
 
+// The entries of a small 1D floating tensor in type A (read in place for float and double: no dispatch per call).
 template <typename A> std::vector<A> values(const at::Tensor& t) {
-  const at::Tensor d = t.to(at::kDouble).contiguous();
-  const double* p = d.data_ptr<double>();
-  return std::vector<A>(p, p + d.numel());
+  const at::Tensor c = t.contiguous();
+  if (c.scalar_type() == at::kDouble) return std::vector<A>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+  if (c.scalar_type() == at::kFloat) return std::vector<A>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+  const at::Tensor d = c.to(at::kDouble);
+  return std::vector<A>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
 }
 
 const int64_t* indices(const at::Tensor& t) { return t.data_ptr<int64_t>(); }

@@ -12,6 +12,8 @@ from .layout import FieldLayout, LayoutTensors
 
 __all__ = ["FieldNorm", "LayoutModule"]
 
+_LAYOUT_KEYS = tuple(f"layout_{name}" for name in LayoutTensors._fields)
+
 
 class LayoutModule(torch.nn.Module):
     r"""A module over the fields of a :class:`~eqnorm.FieldLayout`: its :class:`~eqnorm.layout.LayoutTensors` are
@@ -46,7 +48,8 @@ class LayoutModule(torch.nn.Module):
 
     @property
     def layout_tensors(self) -> LayoutTensors:
-        return LayoutTensors(*(getattr(self, f"layout_{name}") for name in LayoutTensors._fields))
+        buffers = self._buffers  # straight from the dict: this runs on every call
+        return LayoutTensors._make([buffers[key] for key in _LAYOUT_KEYS])
 
     def parameters_or_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(weight, bias)`` as the op takes them."""
