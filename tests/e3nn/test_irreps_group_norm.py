@@ -136,7 +136,7 @@ def test_torch_compile_matches_eager(over):
         (
             lambda: IrrepsGroupNorm(IRREPS, 2, over="graph"),
             lambda n: n(torch.randn(4, 24), ptr=torch.tensor([0, 3])),
-            "rise from 0",
+            "run from 0 to the number of rows 4",
         ),
         (
             lambda: IrrepsGroupNorm(IRREPS, 2, over="graph"),
