@@ -72,6 +72,13 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 Rows = Callable[[torch.Tensor], torch.Tensor]
 
 
+def statistics_shape(x: torch.Tensor, channels_last: bool, ptr: torch.Tensor | None) -> tuple[int, int]:
+    """``(N, C)``: the shape of the per-sample statistics of the rows ``x``."""
+    if ptr is not None:
+        return ptr.shape[0] - 1, x.shape[1]
+    return x.shape[0], x.shape[2 if channels_last else 1]
+
+
 def _tracing(x: torch.Tensor) -> bool:
     """True while torch.compile, torch.export or a fake-tensor trace runs: data-dependent checks must wait."""
     from torch._subclasses.fake_tensor import is_fake
@@ -135,8 +142,7 @@ def torch_field_norm(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``field_norm`` in plain ATen operations: the reference, differentiable to any order."""
     if x.numel() == 0:
-        n = ptr.shape[0] - 1 if ptr is not None else x.shape[0]
-        stats = x.new_zeros(n, x.shape[-1 if channels_last else 1], dtype=accumulation_dtype(x.dtype))
+        stats = x.new_zeros(statistics_shape(x, channels_last, ptr), dtype=accumulation_dtype(x.dtype))
         return x.clone(), stats, stats.clone()
     mean, m2, positions, rows = torch_moments(x, channels_last, ptr)
     pooled = pool(mean, m2, positions) if batch else (mean, m2, positions)  # type: ignore[arg-type]
@@ -163,11 +169,6 @@ def field_norm(
 
 if _EXTENSION:
 
-    def _statistics_shape(x: torch.Tensor, channels_last: bool, ptr: torch.Tensor | None) -> tuple[int, int]:
-        if ptr is not None:
-            return ptr.shape[0] - 1, x.shape[1]
-        return x.shape[0], x.shape[2 if channels_last else 1]
-
     @torch.library.register_fake("eqnorm::field_norm")
     def _field_norm_fake(
         x: torch.Tensor,
@@ -183,7 +184,7 @@ if _EXTENSION:
             if t is not None and t.device != x.device:
                 raise RuntimeError(f"eqnorm::field_norm: {name} is on {t.device} but x is on {x.device}")
         torch._check(x.dim() == (2 if ptr is not None else 3), lambda: f"eqnorm::field_norm: bad x {x.shape}")
-        shape = _statistics_shape(x, channels_last, ptr)
+        shape = statistics_shape(x, channels_last, ptr)
         acc = accumulation_dtype(x.dtype)
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
         return y, x.new_empty(shape, dtype=acc), x.new_empty(shape, dtype=acc)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ._ops import accumulation_dtype
 from .batch_statistics import running_statistics, sync_pool
 from .coefficients import channel_bias
 from .functional import check_input, field_norm
@@ -81,7 +82,7 @@ class BatchFieldNorm(LayoutModule):
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     ) -> torch.Tensor:
         t = self.layout_tensors
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(x.dtype)
         a = weight.to(acc)[t.field_of_channel] * torch.rsqrt(self.running_var.to(acc) + self.eps)[t.group_of_channel]
         beta = channel_bias(bias.to(acc), t, self.layout.num_channels) - a * self.running_cen.to(acc)
         shape = (1, -1) + (1,) * (x.dim() - 2)
