@@ -15,12 +15,6 @@ using torch::autograd::variable_list;
 
 using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-Outputs call_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
-                     const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
-  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("eqnorm::field_norm", "").typed<decltype(call_forward)>();
-  return op.call(x, weight, bias, layout, ptr, last, batch, eps);
-}
-
 Outputs call_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
                       const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
                       const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
@@ -31,14 +25,16 @@ Outputs call_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tenso
 
 class FieldNormFunction : public torch::autograd::Function<FieldNormFunction> {
  public:
+  // layout is a std::vector, not a TensorList, so that autograd sees it as one non-differentiable argument: the ten
+  // small tensors get no edges and no saved-variable bookkeeping.
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                               const at::Tensor& bias, at::TensorList layout, const std::optional<at::Tensor>& ptr,
-                               bool last, bool batch, double eps) {
+                               const at::Tensor& bias, const std::vector<at::Tensor>& layout,
+                               const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, mean, m2] = call_forward(x, weight, bias, layout, ptr, last, batch, eps);
-    std::vector<at::Tensor> saved{x, weight, bias, mean, m2, ptr.value_or(at::Tensor())};
-    saved.insert(saved.end(), layout.begin(), layout.end());
-    ctx->save_for_backward(saved);
+    auto [y, mean, m2] = call_field_norm(x, weight, bias, layout, ptr, last, batch, eps);
+    ctx->save_for_backward({x, weight, bias, mean, m2});
+    ctx->saved_data["layout"] = layout;
+    ctx->saved_data["ptr"] = ptr;
     ctx->saved_data["last"] = last;
     ctx->saved_data["batch"] = batch;
     ctx->saved_data["eps"] = eps;
@@ -49,11 +45,11 @@ class FieldNormFunction : public torch::autograd::Function<FieldNormFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2], &mean = saved[3], &m2 = saved[4];
-    const std::optional<at::Tensor> ptr = saved[5].defined() ? std::optional<at::Tensor>(saved[5]) : std::nullopt;
-    const std::vector<at::Tensor> layout(saved.begin() + 6, saved.end());
+    const std::vector<at::Tensor> layout = ctx->saved_data["layout"].toTensorVector();
+    const std::optional<at::Tensor> ptr = ctx->saved_data["ptr"].toOptional<at::Tensor>();
     const bool last = ctx->saved_data["last"].toBool(), batch = ctx->saved_data["batch"].toBool();
     const double eps = ctx->saved_data["eps"].toDouble();
-    variable_list out(3 + layout.size() + 4);  // one per forward argument, a list counting one per element
+    variable_list out(8);  // one per forward argument
     at::Tensor dy = grads[0];
     if (!dy.defined()) return out;
     if (!torch::autograd::GradMode::is_enabled()) {
@@ -81,7 +77,13 @@ class FieldNormFunction : public torch::autograd::Function<FieldNormFunction> {
 Outputs field_norm_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                             at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
                             double eps) {
-  const variable_list out = FieldNormFunction::apply(x, weight, bias, layout, ptr, last, batch, eps);
+  const bool record = torch::autograd::GradMode::is_enabled() &&
+                      (x.requires_grad() || weight.requires_grad() || bias.requires_grad());
+  if (!record) {  // no graph to build: skip the autograd node, its context and the saved tensors
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_field_norm(x, weight, bias, layout, ptr, last, batch, eps);
+  }
+  const variable_list out = FieldNormFunction::apply(x, weight, bias, layout.vec(), ptr, last, batch, eps);
   return {out[0], out[1], out[2]};
 }
 
@@ -101,6 +103,15 @@ Outputs field_norm_backward_autograd(const at::Tensor& dy, const at::Tensor& x, 
 }
 
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_field_norm(const at::Tensor& x, const at::Tensor& weight,
+                                                              const at::Tensor& bias, at::TensorList layout,
+                                                              const std::optional<at::Tensor>& ptr, bool last,
+                                                              bool batch, double eps) {
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("eqnorm::field_norm", "").typed<decltype(call_field_norm)>();
+  return op.call(x, weight, bias, layout, ptr, last, batch, eps);
+}
 
 TORCH_LIBRARY_IMPL(eqnorm, Autograd, m) {
   m.impl("field_norm", &field_norm_autograd);

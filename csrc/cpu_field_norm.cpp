@@ -67,22 +67,23 @@ template <typename A> struct Sample {
   }
 };
 
-// Per-row positions: one for all rows (a 0-dim tensor) or one per row ((S, 1), ragged).
+// Per-row positions: one for all rows, or counts[n] for row n (ragged).
 template <typename A> struct Positions {
-  const A* data;
-  bool per_row;
-  explicit Positions(const at::Tensor& t) : data(t.data_ptr<A>()), per_row(t.dim() > 0) {}
-  A operator[](int64_t n) const { return per_row ? data[n] : data[0]; }
+  A all;
+  const A* counts;
+  explicit Positions(const Pooled& s)
+      : all(static_cast<A>(s.positions)), counts(s.counts.defined() ? s.counts.data_ptr<A>() : nullptr) {}
+  A operator[](int64_t n) const { return counts ? counts[n] : all; }
 };
 
 Stats coefficients_cpu(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
                        double eps) {
-  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous(), positions = s.positions.contiguous();
+  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
   at::Tensor a = at::empty_like(mean), beta = at::empty_like(mean);
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm coefficients", [&] {
     using A = scalar_t;
     const Layout<A> l(args, weight, bias);
-    const Positions<A> P(positions);
+    const Positions<A> P(s);
     const A *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
     A *ap = a.data_ptr<A>(), *bp = beta.data_ptr<A>();
     at::parallel_for(0, mean.size(0), 16, [&](int64_t begin, int64_t end) {
@@ -104,7 +105,7 @@ Stats coefficients_cpu(const Pooled& s, const at::Tensor& weight, const at::Tens
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_cpu(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
     const at::Tensor& bias, const LayoutArgs& args, double eps) {
-  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous(), positions = s.positions.contiguous();
+  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
   const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
   at::Tensor a = at::empty_like(mean), u = at::empty_like(mean), v = at::empty_like(mean);
   at::Tensor gw = at::empty_like(mean);  // (S, C) weight cotangent per channel, summed in a fixed order below
@@ -112,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
     using A = scalar_t;
     const Layout<A> l(args, weight, bias);
-    const Positions<A> P(positions);
+    const Positions<A> P(s);
     const int64_t S = mean.size(0), C = l.C;
     const A *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>(), *gaxp = gax.data_ptr<A>(), *gbp = gb.data_ptr<A>();
     A *ap = a.data_ptr<A>(), *up = u.data_ptr<A>(), *vp = v.data_ptr<A>(), *gwp = gw.data_ptr<A>();

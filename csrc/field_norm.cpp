@@ -18,10 +18,10 @@ struct Spread {
 };
 
 Spread spread(const Pooled& s, const LayoutArgs& l, double eps) {
-  const at::Tensor cen = center(s.mean, l), dev = s.mean - cen;
+  const at::Tensor cen = center(s.mean, l), dev = s.mean - cen, positions = s.positions_tensor();
   const at::Tensor var = at::zeros({s.mean.size(0), l.groups()}, s.mean.options())
-                             .index_add(1, l.group_of_channel, s.m2 + s.positions * dev.square()) /
-                         (s.positions * l.group_size.to(s.mean.scalar_type()));
+                             .index_add(1, l.group_of_channel, s.m2 + positions * dev.square()) /
+                         (positions * l.group_size.to(s.mean.scalar_type()));
   const at::Tensor rstd = (var + eps).rsqrt();
   return {cen, dev, rstd, rstd.index_select(1, l.group_of_channel)};
 }
@@ -34,15 +34,15 @@ at::Tensor channel_weight(const at::Tensor& weight, const LayoutArgs& l, at::Sca
 Pooled pool_batch(const at::Tensor& mean, const at::Tensor& m2, int64_t positions) {
   const at::Tensor mu = mean.mean(0, true);
   const at::Tensor spread = m2.sum(0, true) + (mean - mu).square().sum(0, true) * static_cast<double>(positions);
-  return {mu, spread, at::scalar_tensor(static_cast<double>(positions * mean.size(0)), mean.options())};
+  return {mu, spread, static_cast<double>(positions * mean.size(0)), at::Tensor()};
 }
 
 Pooled pooled(const at::Tensor& mean, const at::Tensor& m2, const std::optional<at::Tensor>& ptr, const RowShape& s,
               bool batch) {
   if (ptr.has_value())  // an empty segment has zero statistics and no output: count it as 1, never divide by 0
-    return {mean, m2, at::diff(*ptr).clamp_min(1).to(mean.scalar_type()).unsqueeze(1)};
+    return {mean, m2, 0.0, at::diff(*ptr).clamp_min(1).to(mean.scalar_type()).unsqueeze(1)};
   if (batch) return pool_batch(mean, m2, s.positions);
-  return {mean, m2, at::scalar_tensor(static_cast<double>(s.positions), mean.options())};
+  return {mean, m2, static_cast<double>(s.positions), at::Tensor()};
 }
 
 struct Checked {
@@ -80,18 +80,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
     const at::Tensor& bias, const LayoutArgs& l, double eps) {
   const auto t = s.mean.scalar_type();
   const Spread sp = spread(s, l, eps);
+  const at::Tensor positions = s.positions_tensor();
   const at::Tensor w = channel_weight(weight, l, t), a = w * sp.rstd_c;
   const at::Tensor ga = sum_dy_x - sum_dy * sp.cen;
   const at::Tensor dweight = at::zeros({weight.size(0)}, s.mean.options())
                                  .index_add(0, l.field_of_channel, (ga * sp.rstd_c).sum(0));
   const at::Tensor gvar = sp.rstd.pow(3) * -0.5 *
                           at::zeros({s.mean.size(0), l.groups()}, s.mean.options()).index_add(1, l.group_of_channel, ga * w);
-  const at::Tensor gm2 = (gvar / (s.positions * l.group_size.to(t))).index_select(1, l.group_of_channel);
-  const at::Tensor u = gm2 * 2, gdev = u * s.positions * sp.dev;
+  const at::Tensor gm2 = (gvar / (positions * l.group_size.to(t))).index_select(1, l.group_of_channel);
+  const at::Tensor u = gm2 * 2, gdev = u * positions * sp.dev;
   const at::Tensor gmean = gdev + center(-a * sum_dy - gdev, l);
   const at::Tensor dbias = at::zeros({bias.size(0)}, s.mean.options())
                                .index_add(0, l.bias_index, sum_dy.sum(0).index_select(0, l.bias_channel) * l.bias_value.to(t));
-  return {a, u, gmean / s.positions - u * s.mean, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+  return {a, u, gmean / positions - u * s.mean, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_forward(const Passes& p, CoefficientsForward coefficients,

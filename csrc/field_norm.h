@@ -24,10 +24,16 @@ struct Passes {
 // The CPU's passes (cpu_passes.cpp).
 const Passes& cpu_passes();
 
-// The statistics the coefficient map sees: (S, C) mean and M2 over `positions` values per row, a (S, 1) tensor or a
-// 0-dim one (S = N, or 1 when pooled over the batch).
+// The statistics the coefficient map sees: (S, C) mean and M2 over `positions` values per row, or over counts[n]
+// values in row n when counts ((S, 1), ragged) is defined (S = N, or 1 when pooled over the batch).
 struct Pooled {
-  at::Tensor mean, m2, positions;
+  at::Tensor mean, m2;
+  double positions;
+  at::Tensor counts;
+  // the values per row as a tensor that broadcasts against (S, C)
+  at::Tensor positions_tensor() const {
+    return counts.defined() ? counts : at::scalar_tensor(positions, mean.options());
+  }
 };
 
 // (mean, m2, weight, bias) -> (a, beta), each (S, C) in the statistics' dtype.
@@ -55,6 +61,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward(
     const Passes& p, CoefficientsBackward coefficients, const at::Tensor& dy, const at::Tensor& x,
     const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& weight, const at::Tensor& bias,
     at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps);
+
+// eqnorm::field_norm through the dispatcher (autograd.cpp).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_field_norm(const at::Tensor& x, const at::Tensor& weight,
+                                                              const at::Tensor& bias, at::TensorList layout,
+                                                              const std::optional<at::Tensor>& ptr, bool last,
+                                                              bool batch, double eps);
 
 // y of field_norm from differentiable ATen operations only: what double backward differentiates.
 at::Tensor field_norm_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,

@@ -35,7 +35,7 @@ __all__ = ["accumulation_dtype", "field_norm", "kernel_backend", "torch_field_no
 _FORCE_TORCH = os.environ.get("EQNORM_BACKEND") == "torch"
 
 try:
-    from . import _C  # noqa: F401  (importing it registers torch.ops.eqnorm.*)
+    from . import _C  # importing it registers torch.ops.eqnorm.*
 
     _EXTENSION = True
 except ImportError as error:
@@ -163,7 +163,9 @@ def field_norm(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The compiled op where there is one for ``x``'s device, else :func:`torch_field_norm`."""
     if x.device.type in _COMPILED:
-        return torch.ops.eqnorm.field_norm(x, weight, bias, list(t), ptr, channels_last, batch, eps)
+        if torch.compiler.is_compiling():
+            return torch.ops.eqnorm.field_norm(x, weight, bias, list(t), ptr, channels_last, batch, eps)
+        return _C.field_norm(x, weight, bias, t, ptr, channels_last, batch, eps)
     return torch_field_norm(x, weight, bias, t, ptr, channels_last, batch, eps)
 
 
