@@ -20,10 +20,12 @@ order and usable under every ``torch.func`` transform.
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,7 +37,7 @@ __all__ = ["accumulation_dtype", "field_norm", "kernel_backend", "torch_field_no
 _FORCE_TORCH = os.environ.get("EQNORM_BACKEND") == "torch"
 
 try:
-    from . import _C  # importing it registers torch.ops.eqnorm.*
+    _C: Any = importlib.import_module("eqnorm._C")  # importing it registers torch.ops.eqnorm.*
 
     _EXTENSION = True
 except ImportError as error:
