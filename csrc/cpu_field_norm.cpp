@@ -8,6 +8,8 @@
 
 #include "field_norm.h"
 
+#define EQNORM_ALWAYS_INLINE inline __attribute__((always_inline))
+
 namespace eqnorm {
 namespace {
 
@@ -21,6 +23,23 @@ template <typename A> std::vector<A> values(const at::Tensor& t) {
 }
 
 const int64_t* indices(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
+
+// out[index[i]] += value(i) for i < n, adding runs of equal indices in a register first: consecutive channels mostly
+// share a group (or a centering class), and adding each straight into memory would wait on the previous store.
+template <typename A, typename F> EQNORM_ALWAYS_INLINE void add_runs(int64_t n, const int64_t* index, A* out, F value) {
+  if (n == 0) return;
+  int64_t current = index[0];
+  A run = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (index[i] != current) {
+      out[current] += run;
+      run = 0;
+      current = index[i];
+    }
+    run += value(i);
+  }
+  out[current] += run;
+}
 
 // The layout as raw arrays in the accumulation type A, and the channel-expanded weight and bias.
 template <typename A> struct Layout {
@@ -43,7 +62,7 @@ template <typename A> struct Layout {
   // out = K m (out of length C, z of length L are scratch owned by the caller)
   void center(const A* m, A* z, A* out) const {
     std::fill(z, z + L, A(0));
-    for (int64_t k = 0; k < K; ++k) z[center_class[k]] += center_value[k] * m[center_channel[k]];
+    add_runs<A>(K, center_class, z, [&](int64_t k) { return center_value[k] * m[center_channel[k]]; });
     for (int64_t l = 0; l < L; ++l) z[l] *= class_scale[l];
     std::fill(out, out + C, A(0));
     for (int64_t k = 0; k < K; ++k) out[center_channel[k]] += center_value[k] * z[center_class[k]];
@@ -59,10 +78,10 @@ template <typename A> struct Sample {
   void statistics(const Layout<A>& l, const A* m, const A* m2, A P, A eps) {
     l.center(m, z.data(), cen.data());
     std::fill(rstd.begin(), rstd.end(), A(0));
-    for (int64_t c = 0; c < l.C; ++c) {
+    add_runs<A>(l.C, l.group, rstd.data(), [&](int64_t c) {
       const A d = m[c] - cen[c];
-      rstd[l.group[c]] += m2[c] + P * d * d;
-    }
+      return m2[c] + P * d * d;
+    });
     for (int64_t g = 0; g < l.G; ++g) rstd[g] = A(1) / std::sqrt(rstd[g] / (P * l.group_size[g]) + eps);
   }
 };
@@ -125,11 +144,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
         const A *m = mp + r, *g_beta = gbp + r;
         w.statistics(l, m, m2p + r, p, static_cast<A>(eps));
         std::fill(w.gvar.begin(), w.gvar.end(), A(0));
-        for (int64_t c = 0; c < C; ++c) {
+        add_runs<A>(C, l.group, w.gvar.data(), [&](int64_t c) {
           const A ga = gaxp[r + c] - g_beta[c] * w.cen[c];  // the cotangent of a, through beta = b - a cen too
           gwp[r + c] = ga * w.rstd[l.group[c]];
-          w.gvar[l.group[c]] += ga * l.w[c];
-        }
+          return ga * l.w[c];
+        });
         for (int64_t g = 0; g < l.G; ++g) {  // gvar becomes the cotangent of each channel's M2
           const A rs = w.rstd[g];
           w.gvar[g] *= A(-0.5) * rs * rs * rs / (p * l.group_size[g]);
