@@ -84,6 +84,72 @@ template <typename A> struct Sample {
     });
     for (int64_t g = 0; g < l.G; ++g) rstd[g] = A(1) / std::sqrt(rstd[g] / (P * l.group_size[g]) + eps);
   }
+
+  // a and beta of one row
+  void coefficients(const Layout<A>& l, const A* m, const A* m2, A P, A eps, A* a, A* beta) {
+    statistics(l, m, m2, P, eps);
+    for (int64_t c = 0; c < l.C; ++c) {
+      const A ac = l.w[c] * rstd[l.group[c]];
+      a[c] = ac;
+      beta[c] = l.b[c] - ac * cen[c];
+    }
+  }
+
+  // a, u, v of one row (dx = a dy + u x + v) and the weight cotangent per channel gw, from g_a = sum dy x and
+  // g_beta = sum dy
+  void coefficients_backward(const Layout<A>& l, const A* m, const A* m2, A P, A eps, const A* g_a, const A* g_beta,
+                             A* a, A* u, A* v, A* gw) {
+    statistics(l, m, m2, P, eps);
+    std::fill(gvar.begin(), gvar.end(), A(0));
+    add_runs<A>(l.C, l.group, gvar.data(), [&](int64_t c) {
+      const A ga = g_a[c] - g_beta[c] * cen[c];  // the cotangent of a, through beta = b - a cen too
+      gw[c] = ga * rstd[l.group[c]];
+      return ga * l.w[c];
+    });
+    for (int64_t g = 0; g < l.G; ++g) {  // gvar becomes the cotangent of each channel's M2
+      const A rs = rstd[g];
+      gvar[g] *= A(-0.5) * rs * rs * rs / (P * l.group_size[g]);
+    }
+    for (int64_t c = 0; c < l.C; ++c) {
+      const A ac = l.w[c] * rstd[l.group[c]], uc = 2 * gvar[l.group[c]];
+      const A gdev = uc * P * (m[c] - cen[c]);
+      a[c] = ac;
+      u[c] = uc;
+      v[c] = gdev;
+      work[c] = -ac * g_beta[c] - gdev;  // the cotangent of cen
+    }
+    l.center(work.data(), z.data(), cen.data());  // K is symmetric: K^T g = K g
+    for (int64_t c = 0; c < l.C; ++c) v[c] = (v[c] + cen[c]) / P - u[c] * m[c];
+  }
+};
+
+// Sums of per-row parameter cotangents, kept per chunk of rows and added up in chunk order: the same result for any
+// number of threads.
+template <typename A> struct ChunkSums {
+  static constexpr int64_t kRows = 64;
+  int64_t C;
+  std::vector<A> weight, sum_dy;  // (chunks, C) each
+  ChunkSums(int64_t rows, int64_t channels)
+      : C(channels), weight(chunks(rows) * channels, A(0)), sum_dy(chunks(rows) * channels, A(0)) {}
+  static int64_t chunks(int64_t rows) { return (rows + kRows - 1) / kRows; }
+  void add(int64_t row, const A* gw, const A* dy) {
+    A* w = &weight[row / kRows * C];
+    A* d = &sum_dy[row / kRows * C];
+    for (int64_t c = 0; c < C; ++c) {
+      w[c] += gw[c];
+      d[c] += dy[c];
+    }
+  }
+  // dweight per field and dbias per trivial copy
+  void finish(const Layout<A>& l, A* dweight, A* dbias) const {
+    std::vector<A> total(C, A(0));
+    for (size_t k = 0; k < weight.size() / C; ++k)
+      for (int64_t c = 0; c < C; ++c) {
+        dweight[l.field[c]] += weight[k * C + c];
+        total[c] += sum_dy[k * C + c];
+      }
+    for (int64_t j = 0; j < l.B; ++j) dbias[l.bias_index[j]] += l.bias_value[j] * total[l.bias_channel[j]];
+  }
 };
 
 // Per-row positions: one for all rows, or counts[n] for row n (ragged).
@@ -109,12 +175,7 @@ Stats coefficients_cpu(const Pooled& s, const at::Tensor& weight, const at::Tens
       Sample<A> w(l);
       for (int64_t n = begin; n < end; ++n) {
         const int64_t r = n * l.C;
-        w.statistics(l, mp + r, m2p + r, P[n], static_cast<A>(eps));
-        for (int64_t c = 0; c < l.C; ++c) {
-          const A ac = l.w[c] * w.rstd[l.group[c]];
-          ap[r + c] = ac;
-          bp[r + c] = l.b[c] - ac * w.cen[c];
-        }
+        w.coefficients(l, mp + r, m2p + r, P[n], static_cast<A>(eps), ap + r, bp + r);
       }
     });
   });
@@ -127,7 +188,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
   const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
   const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
   at::Tensor a = at::empty_like(mean), u = at::empty_like(mean), v = at::empty_like(mean);
-  at::Tensor gw = at::empty_like(mean);  // (S, C) weight cotangent per channel, summed in a fixed order below
   at::Tensor dweight = at::zeros(weight.sizes(), mean.options()), dbias = at::zeros(bias.sizes(), mean.options());
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
     using A = scalar_t;
@@ -135,46 +195,84 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
     const Positions<A> P(s);
     const int64_t S = mean.size(0), C = l.C;
     const A *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>(), *gaxp = gax.data_ptr<A>(), *gbp = gb.data_ptr<A>();
-    A *ap = a.data_ptr<A>(), *up = u.data_ptr<A>(), *vp = v.data_ptr<A>(), *gwp = gw.data_ptr<A>();
-    at::parallel_for(0, S, 16, [&](int64_t begin, int64_t end) {
+    A *ap = a.data_ptr<A>(), *up = u.data_ptr<A>(), *vp = v.data_ptr<A>();
+    ChunkSums<A> sums(S, C);
+    at::parallel_for(0, ChunkSums<A>::chunks(S), 1, [&](int64_t begin, int64_t end) {
       Sample<A> w(l);
-      for (int64_t n = begin; n < end; ++n) {
+      std::vector<A> gw(C);
+      for (int64_t n = begin * ChunkSums<A>::kRows; n < std::min(S, end * ChunkSums<A>::kRows); ++n) {
         const int64_t r = n * C;
-        const A p = P[n];
-        const A *m = mp + r, *g_beta = gbp + r;
-        w.statistics(l, m, m2p + r, p, static_cast<A>(eps));
-        std::fill(w.gvar.begin(), w.gvar.end(), A(0));
-        add_runs<A>(C, l.group, w.gvar.data(), [&](int64_t c) {
-          const A ga = gaxp[r + c] - g_beta[c] * w.cen[c];  // the cotangent of a, through beta = b - a cen too
-          gwp[r + c] = ga * w.rstd[l.group[c]];
-          return ga * l.w[c];
-        });
-        for (int64_t g = 0; g < l.G; ++g) {  // gvar becomes the cotangent of each channel's M2
-          const A rs = w.rstd[g];
-          w.gvar[g] *= A(-0.5) * rs * rs * rs / (p * l.group_size[g]);
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          const A ac = l.w[c] * w.rstd[l.group[c]], uc = 2 * w.gvar[l.group[c]];
-          const A gdev = uc * p * (m[c] - w.cen[c]);
-          ap[r + c] = ac;
-          up[r + c] = uc;
-          vp[r + c] = gdev;
-          w.work[c] = -ac * g_beta[c] - gdev;  // the cotangent of cen
-        }
-        l.center(w.work.data(), w.z.data(), w.cen.data());  // K is symmetric: K^T g = K g
-        for (int64_t c = 0; c < C; ++c) vp[r + c] = (vp[r + c] + w.cen[c]) / p - up[r + c] * m[c];
+        w.coefficients_backward(l, mp + r, m2p + r, P[n], static_cast<A>(eps), gaxp + r, gbp + r, ap + r, up + r,
+                                vp + r, gw.data());
+        sums.add(n, gw.data(), gbp + r);
       }
     });
-    A *dw = dweight.data_ptr<A>(), *db = dbias.data_ptr<A>();
-    for (int64_t n = 0; n < S; ++n)
-      for (int64_t c = 0; c < C; ++c) dw[l.field[c]] += gwp[n * C + c];
-    for (int64_t j = 0; j < l.B; ++j) {
-      A total = 0;
-      for (int64_t n = 0; n < S; ++n) total += gbp[n * C + l.bias_channel[j]];
-      db[l.bias_index[j]] += l.bias_value[j] * total;
-    }
+    sums.finish(l, dweight.data_ptr<A>(), dbias.data_ptr<A>());
   });
   return {a, u, v, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+}
+
+// Point features (one position per sample, channels-last: e3nn node features): a row's statistics are the row itself
+// (m = x, M2 = 0), so one pass reads x and writes y, and one reads dy and x and writes dx, with no (N, C) coefficient
+// arrays in between. mean and m2 are still returned, as the schema says.
+bool point_features(const at::Tensor& x, const std::optional<at::Tensor>& ptr, bool last, bool batch) {
+  return !ptr.has_value() && last && !batch && x.size(1) == 1 && x.numel() > 0 &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> points_forward(const at::Tensor& x_in, const at::Tensor& weight,
+                                                             const at::Tensor& bias, const LayoutArgs& args,
+                                                             double eps) {
+  const at::Tensor x = x_in.contiguous();
+  const int64_t N = x.size(0);
+  at::Tensor y = at::empty_like(x), mean = x.reshape({N, x.size(2)}).clone(), m2 = at::zeros_like(mean);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm points", [&] {
+    using A = scalar_t;
+    const Layout<A> l(args, weight, bias);
+    const A* xp = x.data_ptr<A>();
+    A* yp = y.data_ptr<A>();
+    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+      Sample<A> w(l);
+      std::vector<A> zeros(l.C, A(0)), a(l.C), beta(l.C);
+      for (int64_t n = begin; n < end; ++n) {
+        const A* xr = xp + n * l.C;
+        w.coefficients(l, xr, zeros.data(), A(1), static_cast<A>(eps), a.data(), beta.data());
+        for (int64_t c = 0; c < l.C; ++c) yp[n * l.C + c] = a[c] * xr[c] + beta[c];
+      }
+    });
+  });
+  return {y, mean, m2};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> points_backward(const at::Tensor& dy_in, const at::Tensor& x_in,
+                                                              const at::Tensor& weight, const at::Tensor& bias,
+                                                              const LayoutArgs& args, double eps) {
+  const at::Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
+  const int64_t N = x.size(0);
+  at::Tensor dx = at::empty_like(x);
+  at::Tensor dweight = at::zeros(weight.sizes(), x.options()), dbias = at::zeros(bias.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm_backward points", [&] {
+    using A = scalar_t;
+    const Layout<A> l(args, weight, bias);
+    const int64_t C = l.C;
+    const A *xp = x.data_ptr<A>(), *dyp = dy.data_ptr<A>();
+    A* dxp = dx.data_ptr<A>();
+    ChunkSums<A> sums(N, C);
+    at::parallel_for(0, ChunkSums<A>::chunks(N), 1, [&](int64_t begin, int64_t end) {
+      Sample<A> w(l);
+      std::vector<A> zeros(C, A(0)), g_a(C), a(C), u(C), v(C), gw(C);
+      for (int64_t n = begin * ChunkSums<A>::kRows; n < std::min(N, end * ChunkSums<A>::kRows); ++n) {
+        const A *xr = xp + n * C, *g = dyp + n * C;
+        for (int64_t c = 0; c < C; ++c) g_a[c] = g[c] * xr[c];
+        w.coefficients_backward(l, xr, zeros.data(), A(1), static_cast<A>(eps), g_a.data(), g, a.data(), u.data(),
+                                v.data(), gw.data());
+        for (int64_t c = 0; c < C; ++c) dxp[n * C + c] = a[c] * g[c] + u[c] * xr[c] + v[c];
+        sums.add(n, gw.data(), g);
+      }
+    });
+    sums.finish(l, dweight.data_ptr<A>(), dbias.data_ptr<A>());
+  });
+  return {dx, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
 }
 
 // EQNORM_GENERIC_COEFFICIENTS=1 runs the ATen coefficient map (the one CUDA uses) on the CPU, so that machines
@@ -191,6 +289,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_cpu(const at::Tensor& 
                                                              const at::Tensor& bias, at::TensorList layout,
                                                              const std::optional<at::Tensor>& ptr, bool last,
                                                              bool batch, double eps) {
+  if (!generic_coefficients() && point_features(x, ptr, last, batch))
+    return points_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, layout, ptr, last, batch).layout,
+                          eps);
   return field_norm_forward(cpu_passes(), generic_coefficients() ? &coefficients_aten : &coefficients_cpu, x, weight,
                             bias, layout, ptr, last, batch, eps);
 }
@@ -199,6 +300,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward_cpu(
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& weight,
     const at::Tensor& bias, at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
     double eps) {
+  if (!generic_coefficients() && point_features(x, ptr, last, batch)) {
+    const char* op = "eqnorm::field_norm_backward";
+    const auto [shape, l] = check(op, x, weight, bias, layout, ptr, last, batch);
+    check_like(op, "dy", dy, x);
+    check_stat(op, "mean", mean, x, shape);
+    check_stat(op, "m2", m2, x, shape);
+    return points_backward(dy, x, weight, bias, l, eps);
+  }
   return field_norm_backward(cpu_passes(), generic_coefficients() ? &coefficients_backward_aten : &coefficients_backward_cpu,
                              dy, x, mean, m2, weight, bias, layout, ptr, last, batch, eps);
 }

@@ -45,10 +45,11 @@ Pooled pooled(const at::Tensor& mean, const at::Tensor& m2, const std::optional<
   return {mean, m2, static_cast<double>(s.positions), at::Tensor()};
 }
 
-struct Checked {
-  RowShape shape;
-  LayoutArgs layout;
-};
+at::Tensor empty_stat(const at::Tensor& x, const RowShape& s) {
+  return at::zeros({s.samples, s.channels}, x.options().dtype(accumulation_type(x.scalar_type())));
+}
+
+}  // namespace
 
 Checked check(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
               at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch) {
@@ -58,12 +59,6 @@ Checked check(const char* op, const at::Tensor& x, const at::Tensor& weight, con
   if (ptr.has_value()) check_ptr_values(op, ptr->device().is_cpu() ? *ptr : ptr->cpu(), s.positions);
   return {s, l};
 }
-
-at::Tensor empty_stat(const at::Tensor& x, const RowShape& s) {
-  return at::zeros({s.samples, s.channels}, x.options().dtype(accumulation_type(x.scalar_type())));
-}
-
-}  // namespace
 
 Stats coefficients_aten(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& l,
                         double eps) {

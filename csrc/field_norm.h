@@ -21,6 +21,14 @@ struct Passes {
                                 const at::Tensor& v, bool last, const std::optional<at::Tensor>& ptr);
 };
 
+// Every argument check of field_norm and its backward (field_norm.cpp): the rows of x and the layout.
+struct Checked {
+  RowShape shape;
+  LayoutArgs layout;
+};
+Checked check(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+              at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch);
+
 // The CPU's passes (cpu_passes.cpp).
 const Passes& cpu_passes();
 
