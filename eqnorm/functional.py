@@ -17,7 +17,6 @@ backward, the small coefficient map in between, only ``x`` and the ``(N, C)`` st
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -30,16 +29,14 @@ __all__ = ["field_group_norm", "field_norm"]
 
 def _rows(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """View ``(N, C, *spatial)`` as ``(N, C, P)``, or ``(N, P, C)`` for channels-last memory; copy only if neither."""
-    n, c = x.shape[:2]
-    p = math.prod(x.shape[2:])
+    if x.dim() == 2:  # point features: (N, C) is also (N, 1, C), which the passes walk far faster
+        return x.contiguous().unsqueeze(1), True
     if x.is_contiguous():
-        if x.dim() == 2:  # point features: (N, C) is also (N, 1, C), which the passes walk far faster
-            return x.reshape(n, 1, c), True
-        return x.reshape(n, c, p), False
+        return x.flatten(2), False
     last = x.movedim(1, -1)
     if last.is_contiguous():
-        return last.reshape(n, p, c), True
-    return x.contiguous().reshape(n, c, p), False
+        return last.flatten(1, -2), True
+    return x.contiguous().flatten(2), False
 
 
 def field_norm(

@@ -53,9 +53,11 @@ class LayoutModule(torch.nn.Module):
 
     def parameters_or_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(weight, bias)`` as the op takes them."""
-        if self.weight is None or self.bias is None:
-            return self.unit_weight, self.zero_bias
-        return self.weight, self.bias
+        params = self._parameters  # straight from the dicts, as layout_tensors: this runs on every call
+        weight, bias = params.get("weight"), params.get("bias")
+        if weight is None or bias is None:
+            return self._buffers["unit_weight"], self._buffers["zero_bias"]  # type: ignore[return-value]
+        return weight, bias
 
     def _apply(self, fn: Any, recurse: bool = True) -> LayoutModule:
         super()._apply(fn, recurse)
