@@ -300,14 +300,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward_cpu(
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& weight,
     const at::Tensor& bias, at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
     double eps) {
-  if (!generic_coefficients() && point_features(x, ptr, last, batch)) {
-    const char* op = "eqnorm::field_norm_backward";
-    const auto [shape, l] = check(op, x, weight, bias, layout, ptr, last, batch);
-    check_like(op, "dy", dy, x);
-    check_stat(op, "mean", mean, x, shape);
-    check_stat(op, "m2", m2, x, shape);
-    return points_backward(dy, x, weight, bias, l, eps);
-  }
+  if (!generic_coefficients() && point_features(x, ptr, last, batch))
+    return points_backward(dy, x, weight, bias,
+                           check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch).layout, eps);
   return field_norm_backward(cpu_passes(), generic_coefficients() ? &coefficients_backward_aten : &coefficients_backward_cpu,
                              dy, x, mean, m2, weight, bias, layout, ptr, last, batch, eps);
 }

@@ -60,6 +60,17 @@ Checked check(const char* op, const at::Tensor& x, const at::Tensor& weight, con
   return {s, l};
 }
 
+Checked check_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
+                       const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                       const std::optional<at::Tensor>& ptr, bool last, bool batch) {
+  const char* op = "eqnorm::field_norm_backward";
+  Checked checked = check(op, x, weight, bias, layout, ptr, last, batch);
+  check_like(op, "dy", dy, x);
+  check_stat(op, "mean", mean, x, checked.shape);
+  check_stat(op, "m2", m2, x, checked.shape);
+  return checked;
+}
+
 Stats coefficients_aten(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& l,
                         double eps) {
   const auto t = s.mean.scalar_type();
@@ -110,11 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward(
     const Passes& p, CoefficientsBackward coefficients, const at::Tensor& dy, const at::Tensor& x,
     const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& weight, const at::Tensor& bias,
     at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
-  const char* op = "eqnorm::field_norm_backward";
-  const auto [s, l] = check(op, x, weight, bias, layout, ptr, last, batch);
-  check_like(op, "dy", dy, x);
-  check_stat(op, "mean", mean, x, s);
-  check_stat(op, "m2", m2, x, s);
+  const auto [s, l] = check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch);
   if (x.numel() == 0)
     return {at::empty_like(x, at::MemoryFormat::Contiguous), at::zeros_like(weight), at::zeros_like(bias)};
   auto [sum_dy, sum_dy_x] = p.moments_backward(dy, x, last, ptr);

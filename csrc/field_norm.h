@@ -28,6 +28,10 @@ struct Checked {
 };
 Checked check(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
               at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch);
+// check, and dy, mean and m2 against x
+Checked check_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
+                       const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                       const std::optional<at::Tensor>& ptr, bool last, bool batch);
 
 // The CPU's passes (cpu_passes.cpp).
 const Passes& cpu_passes();
