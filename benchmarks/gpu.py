@@ -1,4 +1,4 @@
-"""GPU timings of eqnorm's passes and layer against torch.nn.functional.group_norm (no escnn needed).
+"""GPU timings of eqnorm's op and layer against torch.nn.functional.group_norm (no escnn needed).
 
 For each shape: the median time of forward and of backward (CUDA events, inputs rotated so that no pass is served
 from L2), the achieved bandwidth as a fraction of the measured device-to-device copy bandwidth under the traffic model
@@ -79,18 +79,20 @@ def bench(shape: tuple[int, ...], dtype: torch.dtype, groups: int, bandwidth: fl
         outs = [fn(x) for x in xs]
         bwd = timed(lambda i, outs=outs: torch.autograd.backward(outs[i], dys[i], retain_graph=True), sets)
         results[name] = (fwd, bwd)
-    # the four passes alone, without the small (N, C) coefficient map and its Python overhead
+    # the op alone, without the module's and the functional layer's Python
     rows3 = [x.detach().reshape(n, c, -1) for x in xs]
     dys3 = [dy.reshape(n, c, -1) for dy in dys]
-    coeff = torch.rand(n, c, device="cuda")
-    fwd = timed(lambda i: torch.ops.eqnorm.affine(rows3[i], *torch.ops.eqnorm.moments(rows3[i], False), False), sets)
+    t = list(layout.tensors_on("cuda"))
+    w, b = w_ours.detach(), b_ours.detach()
+    stats = [torch.ops.eqnorm.field_norm(r, w, b, t, None, False, False, 1e-5) for r in rows3]
+    fwd = timed(lambda i: torch.ops.eqnorm.field_norm(rows3[i], w, b, t, None, False, False, 1e-5), sets)
     bwd = timed(
-        lambda i: torch.ops.eqnorm.affine_backward(
-            dys3[i], rows3[i], coeff, *torch.ops.eqnorm.moments_backward(dys3[i], rows3[i], False), False
+        lambda i: torch.ops.eqnorm.field_norm_backward(
+            dys3[i], rows3[i], stats[i][1], stats[i][2], w, b, t, None, False, False, 1e-5
         ),
         sets,
     )
-    results["eqnorm passes only"] = (fwd, bwd)
+    results["eqnorm op only"] = (fwd, bwd)
     # forward replayed from a CUDA graph: what the layers cost once host-side Python is out of the way (one static
     # input, so shapes that fit in L2 are served from it)
     for name in ("eqnorm", "torch GroupNorm"):

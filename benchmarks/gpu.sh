@@ -19,5 +19,5 @@ if ! EQNORM_CUDA=1 "$py" setup.py build_ext --inplace >"$out/build.log" 2>&1; th
   exit 1
 fi
 echo "built: $("$py" -c 'import eqnorm; print(eqnorm.kernel_backend("cpu"), eqnorm.kernel_backend("cuda"))')"
-"$py" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_functional.py tests/test_coefficients.py tests/e3nn "$@" 2>&1 | tee "$out/tests.log" | tail -n 25
+"$py" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_functional.py tests/test_higher_order.py tests/e3nn "$@" 2>&1 | tee "$out/tests.log" | tail -n 25
 "$py" benchmarks/gpu.py | tee "$out/gpu.md"
