@@ -96,6 +96,9 @@ def main() -> None:
         with torch.no_grad():
             accuracy = (net(x).argmax(1) == y).float().mean().item()
         print(f"{args.norm} norm, {world} processes x batch {args.batch}: held-out accuracy {accuracy:.1%}")
+    # both ranks tear gloo down together: a rank that leaves while the other still evaluates closes the pair's
+    # sockets under the other's gloo threads, which can end that process in std::terminate
+    dist.barrier()
     dist.destroy_process_group()
 
 
