@@ -50,6 +50,7 @@ class FieldBatchNorm(FieldModule):
     """
 
     norm: BatchFieldNorm
+    checked_modes = (True, False)
 
     def __init__(
         self,

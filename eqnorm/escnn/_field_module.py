@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
+
+from ._equivariance import Measurement, assert_within, equivariance_errors, grid_elements, random_input, sample_elements
 
 __all__ = ["FieldModule"]
 
@@ -34,3 +38,42 @@ class FieldModule(EquivariantModule):
         if len(input_shape) < 2 or input_shape[1] != self.in_type.size:
             raise ValueError(f"expected a shape (N, {self.in_type.size}, ...), got {tuple(input_shape)}")
         return tuple(input_shape)
+
+    def equivariance_errors(
+        self,
+        samples: int | None = None,
+        dtype: torch.dtype = torch.float64,
+        seed: int = 0,
+        training: bool | None = None,
+    ) -> dict[str, list[Measurement]]:
+        """Errors on a random input: ``"fiber"`` (sampled group elements) and ``"grid"`` (exact grid symmetries), with
+        the layer in training mode or not (default: its current mode)."""
+        norm = copy.deepcopy(self.norm).to(dtype).train(self.training if training is None else training)
+
+        def module(t: GeometricTensor) -> GeometricTensor:
+            return GeometricTensor(norm(t.tensor), t.type, t.coords)
+
+        x = random_input(self.in_type, dtype=dtype, seed=seed)
+        gspace = self.in_type.gspace
+        with torch.no_grad():
+            return {
+                "fiber": equivariance_errors(module, x, sample_elements(gspace, samples), fibers_only=True),
+                "grid": equivariance_errors(module, x, grid_elements(gspace), fibers_only=False),
+            }
+
+    #: the modes check_equivariance checks (None: the current one); layers with running statistics check both
+    checked_modes: tuple[bool | None, ...] = (None,)
+
+    def check_equivariance(self, atol: float = 1e-7, rtol: float = 1e-5) -> list[tuple[object, float]]:
+        """Check, in float64, the fiber action of escnn's testing elements and every exact grid symmetry.
+
+        Raises ``AssertionError`` naming the element where the error exceeds ``atol + rtol * max |output|``; returns
+        ``(element, max abs error)`` for every element checked.
+        """
+        checked = []
+        for training in self.checked_modes:
+            for what, results in self.equivariance_errors(training=training).items():
+                mode = "" if training is None else (" (train)" if training else " (eval)")
+                assert_within(results, atol, rtol, what + mode)
+                checked += [(g, err) for g, err, _ in results]
+        return checked

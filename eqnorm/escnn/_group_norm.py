@@ -6,11 +6,10 @@ import copy
 from collections.abc import Sequence
 
 import torch
-from escnn.nn import FieldType, GeometricTensor
+from escnn.nn import FieldType
 
 from ..layout import FieldLayout
 from ..module import FieldNorm
-from ._equivariance import Measurement, assert_within, equivariance_errors, grid_elements, random_input, sample_elements
 from ._field_module import FieldModule
 
 __all__ = ["FieldGroupNorm", "FieldInstanceNorm", "FieldLayerNorm"]
@@ -95,34 +94,6 @@ class FieldGroupNorm(FieldModule):
     def bias(self) -> torch.nn.Parameter | None:
         """One bias per trivial irrep copy, shape ``(num_trivial,)``."""
         return self.norm.bias
-
-    def equivariance_errors(
-        self, samples: int | None = None, dtype: torch.dtype = torch.float64, seed: int = 0
-    ) -> dict[str, list[Measurement]]:
-        """Errors on a random input: ``"fiber"`` (sampled group elements) and ``"grid"`` (exact grid symmetries)."""
-        norm = copy.deepcopy(self.norm).to(dtype)
-
-        def module(t: GeometricTensor) -> GeometricTensor:
-            return GeometricTensor(norm(t.tensor), t.type, t.coords)
-
-        x = random_input(self.in_type, dtype=dtype, seed=seed)
-        gspace = self.in_type.gspace
-        with torch.no_grad():
-            return {
-                "fiber": equivariance_errors(module, x, sample_elements(gspace, samples), fibers_only=True),
-                "grid": equivariance_errors(module, x, grid_elements(gspace), fibers_only=False),
-            }
-
-    def check_equivariance(self, atol: float = 1e-7, rtol: float = 1e-5) -> list[tuple[object, float]]:
-        """Check, in float64, the fiber action of escnn's testing elements and every exact grid symmetry.
-
-        Raises ``AssertionError`` naming the element where the error exceeds ``atol + rtol * max |output|``; returns
-        ``(element, max abs error)`` for every element checked.
-        """
-        errors = self.equivariance_errors()
-        for what, results in errors.items():
-            assert_within(results, atol, rtol, what)
-        return [(g, err) for results in errors.values() for g, err, _ in results]
 
     def export(self) -> FieldNorm:
         """A plain :class:`~eqnorm.FieldNorm` computing the same function, with no escnn object inside."""

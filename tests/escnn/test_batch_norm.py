@@ -168,3 +168,50 @@ def test_two_processes_equal_one_process_on_the_whole_batch():
     for r in (0, 1):
         torch.testing.assert_close(results[r][4], reference.running_cen, atol=1e-12, rtol=1e-12)
         torch.testing.assert_close(results[r][5], reference.running_var, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["C8", "SO3"])
+def test_check_equivariance_checks_train_and_eval_and_catches_a_broken_layer(name):
+    from test_group_norm import field_type
+
+    layer = FieldBatchNorm(field_type(name))
+    with torch.no_grad():
+        layer.norm.weight.uniform_(0.5, 1.5)
+        layer.norm.bias.normal_()
+        layer.norm.running_var.uniform_(0.5, 2)
+    train = layer.equivariance_errors(training=True)
+    checked = layer.check_equivariance()
+    assert len(checked) == 2 * sum(len(r) for r in train.values())  # train and eval
+    broken = FieldBatchNorm(field_type(name))
+    layout = broken.norm.layout
+    moving = next(i for i, irreps in enumerate(layout.field_irreps) if not set(irreps) <= layout.trivial)
+    broken.norm.layout_bias_channel.fill_(sum(layout.field_sizes[:moving]))  # every bias on a field that rotates
+    with torch.no_grad():
+        broken.norm.bias.normal_()
+    with pytest.raises(AssertionError, match="equivariance fails"):
+        broken.check_equivariance()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_empty_batch_returns_empty_output_and_zero_parameter_gradients(training):
+    ft = regular()
+    norm = FieldBatchNorm(ft).train(training)
+    x = torch.randn(0, ft.size, 5, 5, requires_grad=True)
+    y = norm(nn.GeometricTensor(x, ft)).tensor
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert torch.equal(norm.weight.grad, torch.zeros_like(norm.weight))
+    assert torch.equal(norm.bias.grad, torch.zeros_like(norm.bias))
+
+
+def test_statistics_stay_float32_under_autocast():
+    """Autocast must not lower the statistics or the coefficients: the output equals the float32 one."""
+    ft = regular()
+    norm = FieldBatchNorm(ft)
+    x = torch.randn(4, ft.size, 5, 5) * 3 + 1
+    want = norm(nn.GeometricTensor(x, ft)).tensor
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            got = norm(nn.GeometricTensor(x, ft)).tensor
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
