@@ -171,10 +171,15 @@ class FieldLayout:
         self.field_names = (
             list(field_names) if field_names is not None else [f"field {i}" for i in range(self.num_fields)]
         )
-        for irreps in self.field_irreps:
+        for name, irreps in zip(self.field_names, self.field_irreps, strict=False):
+            if not irreps:
+                raise ValueError(f"{name} has no irreducible component; every field needs at least one")
             for key in irreps:
                 if key not in irrep_dims:
                     raise ValueError(f"irrep {key!r} has no entry in irrep_dims")
+        for key, dim in irrep_dims.items():
+            if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+                raise ValueError(f"irrep {key!r} must have a positive integer dimension, got {dim!r}")
         self.irrep_dims = dict(irrep_dims)
         self.trivial = frozenset(trivial)
         for key in self.trivial:

@@ -137,3 +137,23 @@ def test_statistics_are_differentiated():
 def test_errors(x, kwargs, error, match):
     with pytest.raises(error, match=match):
         field_group_norm(x, FieldLayout.scalars(4, 2), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("weight", "error", "match"),
+    [
+        ([1.0, 1.0, 1.0, 1.0], TypeError, "weight must be a torch.Tensor, got list"),
+        (torch.ones(4, dtype=torch.complex64), TypeError, "real floating-point tensor, got dtype torch.complex64"),
+        (torch.ones(4, dtype=torch.long), TypeError, "real floating-point tensor, got dtype torch.int64"),
+        (torch.ones(3), ValueError, r"weight must have shape \(4,\), got \(3,\)"),
+        (torch.ones(4, device="meta"), ValueError, "weight is on meta but the input is on cpu"),
+    ],
+)
+def test_bad_weights_are_refused_by_name(weight, error, match):
+    with pytest.raises(error, match=match):
+        field_group_norm(torch.randn(2, 4, 3), FieldLayout.scalars(4, 2), weight)
+
+
+def test_a_layout_of_the_wrong_type_is_refused():
+    with pytest.raises(TypeError, match="layout must be a FieldLayout, got str"):
+        field_group_norm(torch.randn(2, 4, 3), "scalars")

@@ -68,6 +68,9 @@ def test_groups():
         ({"change_of_basis": [np.eye(3)]}, "shape"),
         ({"centering": "mean"}, "centering"),
         ({"groups": [0, 1]}, "2 group ids"),
+        ({"field_irreps": [[]]}, "field 0 has no irreducible component"),
+        ({"irrep_dims": {"v": 0}}, "irrep 'v' must have a positive integer dimension, got 0"),
+        ({"irrep_dims": {"v": 2.0}}, "positive integer dimension"),
     ],
 )
 def test_layout_errors(kwargs, match):
