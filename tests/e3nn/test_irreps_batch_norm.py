@@ -44,3 +44,31 @@ def test_sync_needs_distributed_and_bad_dim():
         norm(torch.randn(4, IRREPS.dim))
     with pytest.raises(ValueError, match=r"\(\.\.\., 15\)"):
         IrrepsBatchNorm(IRREPS)(torch.randn(4, 14))
+
+
+def test_empty_batch_returns_empty_output_and_zero_parameter_gradients():
+    norm = IrrepsBatchNorm("2x0e+1x1o")
+    x = torch.randn(0, 5, requires_grad=True)
+    y = norm(x)
+    assert y.shape == (0, 5)
+    y.sum().backward()
+    assert torch.equal(norm.norm.weight.grad, torch.zeros(3))
+    assert torch.equal(norm.norm.bias.grad, torch.zeros(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_layer_keeps_float32_statistics_under_autocast(dtype):
+    from eqnorm.e3nn import IrrepsGroupNorm, IrrepsLayerNorm
+
+    x = torch.randn(7, 10) * 3 + 1
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    for norm, call in (
+        (IrrepsGroupNorm("4x0e+2x1o", 2, over="graph"), lambda n: n(x, batch=batch)),
+        (IrrepsLayerNorm("4x0e+2x1o"), lambda n: n(x)),
+        (IrrepsBatchNorm("4x0e+2x1o"), lambda n: n(x)),
+    ):
+        want = call(norm)
+        with torch.autocast("cpu", dtype=dtype):
+            got = call(norm)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
