@@ -66,7 +66,8 @@ def extension_modules() -> list:
     cxx = ["-O3", std, "-fopenmp"]  # at::parallel_for is OpenMP in the header
     options = {"include_dirs": [str(ROOT / "csrc")], "extra_link_args": ["-fopenmp"]}
     if use_cuda:
-        sources += ["csrc/cuda_binding.cpp", "csrc/cuda/passes.cu", "csrc/cuda/field_norm.cu"]
+        kernels = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
+        sources += ["csrc/cuda_binding.cpp", *kernels]
         nvcc = ["-O3", std, "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
         return [
             cpp_extension.CUDAExtension("eqnorm._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **options)

@@ -14,10 +14,15 @@ nvcc --version | tail -n 2
 # C++ exceptions thrown across the extension boundary (every failed argument check then crashes the process).
 if [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 rm -rf build eqnorm/_C*.so
-if ! EQNORM_CUDA=1 "$py" setup.py build_ext --inplace >"$out/build.log" 2>&1; then
+start=$SECONDS
+if ! EQNORM_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" "$py" setup.py build_ext --inplace >"$out/build.log" 2>&1; then
   tail -n 60 "$out/build.log"
   exit 1
 fi
-echo "built: $("$py" -c 'import eqnorm; print(eqnorm.kernel_backend("cpu"), eqnorm.kernel_backend("cuda"))')"
-"$py" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_functional.py tests/test_higher_order.py tests/e3nn "$@" 2>&1 | tee "$out/tests.log" | tail -n 25
-"$py" benchmarks/gpu.py | tee "$out/gpu.md"
+echo "built in $((SECONDS - start)) s: $("$py" -c 'import eqnorm; print(eqnorm.kernel_backend("cpu"), eqnorm.kernel_backend("cuda"))')"
+# Every test that touches the GPU (the CPU-only tests run in CI): tests/test_cuda.py and the [cuda] cases elsewhere.
+start=$SECONDS
+EQNORM_EXPECT_CUDA=1 "$py" -m pytest -q -p no:cacheprovider -n 4 -k cuda \
+  tests/test_cuda.py tests/test_ops.py tests/e3nn/test_irreps_group_norm.py "$@" 2>&1 | tee "$out/tests.log" | tail -n 25 || true
+echo "tests took $((SECONDS - start)) s"
+"$py" benchmarks/gpu.py 2>&1 | tee "$out/gpu.md"

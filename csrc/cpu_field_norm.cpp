@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "field_norm.h"
+#include "layout_view.h"
 
 #define EQNORM_ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -275,14 +276,84 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_backward(const at::Tensor&
   return {dx, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
 }
 
-// EQNORM_GENERIC_COEFFICIENTS=1 runs the ATen coefficient map (the one CUDA uses) on the CPU, so that machines
-// without a GPU test it.
-bool generic_coefficients() {
-  static const bool generic = [] {
+// The GPU's block of threads, played on one CPU thread: each phase runs for t = 0 .. T-1 in turn. T = 3 divides no
+// size in the tests, so every strided loop of coefficient_rows.h meets a ragged last stride.
+struct SerialRun {
+  int64_t threads = 3;
+  template <typename F> void operator()(F&& phase) const {
+    for (int64_t t = 0; t < threads; ++t) phase(t, threads);
+  }
+};
+
+// The CUDA kernels' coefficient map (coefficient_rows.h) on the CPU, row after row.
+Stats coefficients_rows(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
+                        double eps) {
+  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
+  at::Tensor a = at::empty_like(mean), beta = at::empty_like(mean), counts;
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm coefficients", [&] {
+    using A = scalar_t;
+    const HeldLayout<A> h = layout_view<A>(args, weight, bias);
+    const A* count = row_counts<A>(s, counts);
+    std::vector<A> scratch(eqnorm_rows::Scratch<A>::size(h.view));
+    eqnorm_rows::Scratch<A> work(h.view, scratch.data());
+    SerialRun run;
+    for (int64_t n = 0, C = h.view.C; n < mean.size(0); ++n)
+      eqnorm_rows::forward(h.view, mean.data_ptr<A>() + n * C, m2.data_ptr<A>() + n * C,
+                           count ? count[n] : A(s.positions), A(eps), work, a.data_ptr<A>() + n * C,
+                           beta.data_ptr<A>() + n * C, run);
+  });
+  return {a, beta};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_rows(
+    const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
+    const at::Tensor& bias, const LayoutArgs& args, double eps) {
+  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
+  const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
+  at::Tensor a = at::empty_like(mean), u = at::empty_like(mean), v = at::empty_like(mean), gw = at::empty_like(mean);
+  at::Tensor dweight = at::empty(weight.sizes(), mean.options()), dbias = at::empty(bias.sizes(), mean.options());
+  at::Tensor counts;
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
+    using A = scalar_t;
+    const HeldLayout<A> h = layout_view<A>(args, weight, bias);
+    const A* count = row_counts<A>(s, counts);
+    std::vector<A> scratch(eqnorm_rows::Scratch<A>::size(h.view));
+    eqnorm_rows::Scratch<A> work(h.view, scratch.data());
+    SerialRun run;
+    for (int64_t n = 0, C = h.view.C; n < mean.size(0); ++n) {
+      const int64_t r = n * C;
+      eqnorm_rows::backward(h.view, mean.data_ptr<A>() + r, m2.data_ptr<A>() + r, count ? count[n] : A(s.positions),
+                            A(eps), gax.data_ptr<A>() + r, gb.data_ptr<A>() + r, work, a.data_ptr<A>() + r,
+                            u.data_ptr<A>() + r, v.data_ptr<A>() + r, gw.data_ptr<A>() + r, run);
+    }
+    const at::Tensor gw_total = gw.sum(0), gb_total = gb.sum(0);
+    eqnorm_rows::parameter_gradients(h.view, gw_total.data_ptr<A>(), gb_total.data_ptr<A>(), dweight.data_ptr<A>(),
+                                     dbias.data_ptr<A>(), run);
+  });
+  return {a, u, v, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+}
+
+// EQNORM_GENERIC_COEFFICIENTS picks another coefficient map for the CPU, so that machines without a GPU test the ones
+// CUDA runs: "aten" (the differentiable ATen form, which double backward differentiates) or "rows" (the CUDA kernels'
+// row phases). Unset, the CPU runs its fused loops.
+enum class Map { Fused, Aten, Rows };
+Map coefficient_map() {
+  static const Map map = [] {
     const char* v = std::getenv("EQNORM_GENERIC_COEFFICIENTS");
-    return v != nullptr && std::string(v) == "1";
+    const std::string name = v == nullptr ? "" : v;
+    return name == "aten" ? Map::Aten : name == "rows" ? Map::Rows : Map::Fused;
   }();
-  return generic;
+  return map;
+}
+bool generic_coefficients() { return coefficient_map() != Map::Fused; }
+CoefficientsForward forward_map() {
+  const Map m = coefficient_map();
+  return m == Map::Aten ? &coefficients_aten : m == Map::Rows ? &coefficients_rows : &coefficients_cpu;
+}
+CoefficientsBackward backward_map() {
+  const Map m = coefficient_map();
+  return m == Map::Aten ? &coefficients_backward_aten
+                        : m == Map::Rows ? &coefficients_backward_rows : &coefficients_backward_cpu;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_cpu(const at::Tensor& x, const at::Tensor& weight,
@@ -292,8 +363,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_cpu(const at::Tensor& 
   if (!generic_coefficients() && point_features(x, ptr, last, batch))
     return points_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, layout, ptr, last, batch).layout,
                           eps);
-  return field_norm_forward(cpu_passes(), generic_coefficients() ? &coefficients_aten : &coefficients_cpu, x, weight,
-                            bias, layout, ptr, last, batch, eps);
+  return field_norm_forward(cpu_passes(), forward_map(), x, weight, bias, layout, ptr, last, batch, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward_cpu(
@@ -303,8 +373,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward_cpu(
   if (!generic_coefficients() && point_features(x, ptr, last, batch))
     return points_backward(dy, x, weight, bias,
                            check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch).layout, eps);
-  return field_norm_backward(cpu_passes(), generic_coefficients() ? &coefficients_backward_aten : &coefficients_backward_cpu,
-                             dy, x, mean, m2, weight, bias, layout, ptr, last, batch, eps);
+  return field_norm_backward(cpu_passes(), backward_map(), dy, x, mean, m2, weight, bias, layout, ptr, last, batch,
+                             eps);
 }
 
 }  // namespace

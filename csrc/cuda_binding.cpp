@@ -1,11 +1,13 @@
-// eqnorm::field_norm on CUDA: the four passes (argument checks, allocation and the current stream here, the kernels in
-// cuda/passes.cu, which include no torch header) around the ATen coefficient map. Compiled only when the extension is
-// built with CUDA.
-#include <ATen/cuda/CUDAContext.h>
+// eqnorm::field_norm on CUDA: the four passes and the coefficient map (argument checks, allocation and the current
+// stream here; the kernels in cuda/passes.cu and cuda/coefficients.cu, which include no torch header). Compiled only
+// when the extension is built with CUDA.
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
+#include "cuda/coefficients.h"
 #include "cuda/passes.h"
 #include "field_norm.h"
+#include "layout_view.h"
 
 namespace eqnorm {
 namespace {
@@ -37,7 +39,12 @@ void check_cuda(const char* op, cudaError_t err) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA error ", cudaGetErrorString(err));
 }
 
-int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+int sm_count() {
+  int device = 0, count = 0;
+  check_cuda("eqnorm::field_norm", cudaGetDevice(&device));
+  check_cuda("eqnorm::field_norm", cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
 
 at::Tensor stat_like(const at::Tensor& x, const RowShape& s) {
   return at::empty({s.samples, s.channels}, x.options().dtype(accumulation_type(x.scalar_type())));
@@ -56,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> moments_cuda(const at::Tensor& x_in, bool las
   const at::Tensor x = x_in.contiguous();
   at::Tensor mean = stat_like(x, l.shape), m2 = stat_like(x, l.shape), ws = workspace(x, l);
   check_cuda(op, eqnorm_cuda::moments(dtype_of(x), x.data_ptr(), mean.data_ptr(), m2.data_ptr(), l.rows,
-                                      ws.data_ptr(), sm_count(), at::cuda::getCurrentCUDAStream()));
+                                      ws.data_ptr(), sm_count(), c10::cuda::getCurrentCUDAStream()));
   return {mean, m2};
 }
 
@@ -70,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor> moments_backward_cuda(const at::Tensor& dy_in
   at::Tensor sdy = stat_like(x, l.shape), sdyx = stat_like(x, l.shape), ws = workspace(x, l);
   check_cuda(op, eqnorm_cuda::moments_backward(dtype_of(x), dy.data_ptr(), x.data_ptr(), sdy.data_ptr(),
                                                sdyx.data_ptr(), l.rows, ws.data_ptr(), sm_count(),
-                                               at::cuda::getCurrentCUDAStream()));
+                                               c10::cuda::getCurrentCUDAStream()));
   return {sdy, sdyx};
 }
 
@@ -84,7 +91,7 @@ at::Tensor affine_cuda(const at::Tensor& x_in, const at::Tensor& a_in, const at:
   const at::Tensor x = x_in.contiguous(), a = a_in.contiguous(), beta = beta_in.contiguous();
   at::Tensor y = at::empty_like(x);
   check_cuda(op, eqnorm_cuda::affine(dtype_of(x), x.data_ptr(), a.data_ptr(), beta.data_ptr(), y.data_ptr(), l.rows,
-                                     at::cuda::getCurrentCUDAStream()));
+                                     c10::cuda::getCurrentCUDAStream()));
   return y;
 }
 
@@ -102,7 +109,7 @@ at::Tensor affine_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in,
   const at::Tensor a = a_in.contiguous(), u = u_in.contiguous(), v = v_in.contiguous();
   at::Tensor dx = at::empty_like(x);
   check_cuda(op, eqnorm_cuda::affine_backward(dtype_of(x), dy.data_ptr(), x.data_ptr(), a.data_ptr(), u.data_ptr(),
-                                              v.data_ptr(), dx.data_ptr(), l.rows, at::cuda::getCurrentCUDAStream()));
+                                              v.data_ptr(), dx.data_ptr(), l.rows, c10::cuda::getCurrentCUDAStream()));
   return dx;
 }
 
@@ -111,12 +118,57 @@ const Passes& cuda_passes() {
   return passes;
 }
 
+// The coefficient map in one kernel launch per direction (the ATen form launches dozens of tiny kernels per call).
+Stats coefficients_cuda(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
+                        double eps) {
+  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
+  at::Tensor a = at::empty_like(mean), beta = at::empty_like(mean), counts;
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm coefficients", [&] {
+    using A = scalar_t;
+    const HeldLayout<A> h = layout_view<A>(args, weight, bias);
+    const int64_t rows = mean.size(0);
+    const at::Tensor scratch = at::empty({eqnorm_cuda::coefficient_scratch(h.view, rows)}, mean.options());
+    check_cuda("eqnorm::field_norm", eqnorm_cuda::coefficients<A>(
+                                         h.view, mean.data_ptr<A>(), m2.data_ptr<A>(), A(s.positions),
+                                         row_counts<A>(s, counts), A(eps), a.data_ptr<A>(), beta.data_ptr<A>(), rows,
+                                         scratch.data_ptr<A>(), c10::cuda::getCurrentCUDAStream()));
+  });
+  return {a, beta};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_cuda(
+    const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
+    const at::Tensor& bias, const LayoutArgs& args, double eps) {
+  const char* op = "eqnorm::field_norm_backward";
+  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
+  const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
+  at::Tensor a = at::empty_like(mean), u = at::empty_like(mean), v = at::empty_like(mean), gw = at::empty_like(mean);
+  at::Tensor dweight = at::empty(weight.sizes(), mean.options()), dbias = at::empty(bias.sizes(), mean.options());
+  at::Tensor counts;
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
+    using A = scalar_t;
+    const HeldLayout<A> h = layout_view<A>(args, weight, bias);
+    const int64_t rows = mean.size(0);
+    const at::Tensor scratch = at::empty({eqnorm_cuda::coefficient_scratch(h.view, rows)}, mean.options());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    check_cuda(op, eqnorm_cuda::coefficients_backward<A>(
+                       h.view, mean.data_ptr<A>(), m2.data_ptr<A>(), A(s.positions), row_counts<A>(s, counts), A(eps),
+                       gax.data_ptr<A>(), gb.data_ptr<A>(), a.data_ptr<A>(), u.data_ptr<A>(), v.data_ptr<A>(),
+                       gw.data_ptr<A>(), rows, scratch.data_ptr<A>(), stream));
+    // summed over rows by ATen's deterministic reduction, then per field and per bias entry by one block
+    const at::Tensor gw_total = gw.sum(0), gb_total = gb.sum(0);
+    check_cuda(op, eqnorm_cuda::parameter_gradients<A>(h.view, gw_total.data_ptr<A>(), gb_total.data_ptr<A>(),
+                                                       dweight.data_ptr<A>(), dbias.data_ptr<A>(), stream));
+  });
+  return {a, u, v, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_cuda(const at::Tensor& x, const at::Tensor& weight,
                                                               const at::Tensor& bias, at::TensorList layout,
                                                               const std::optional<at::Tensor>& ptr, bool last,
                                                               bool batch, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return field_norm_forward(cuda_passes(), &coefficients_aten, x, weight, bias, layout, ptr, last, batch, eps);
+  return field_norm_forward(cuda_passes(), &coefficients_cuda, x, weight, bias, layout, ptr, last, batch, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward_cuda(
@@ -124,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward_cuda(
     const at::Tensor& bias, at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
     double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return field_norm_backward(cuda_passes(), &coefficients_backward_aten, dy, x, mean, m2, weight, bias, layout, ptr,
+  return field_norm_backward(cuda_passes(), &coefficients_backward_cuda, dy, x, mean, m2, weight, bias, layout, ptr,
                              last, batch, eps);
 }
 

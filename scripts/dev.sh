@@ -63,6 +63,15 @@ case "$job" in
         -c "$source" -o "$tmp/$(basename "$source").o"
       echo "nvcc: $source compiles for sm_80 and sm_90"
     done
+    # The binding needs torch's CUDA headers; a CPU build of torch lacks only the generated cuda_cmake_macros.h, so an
+    # empty stand-in lets the compiler check it against the CUDA toolkit's runtime headers.
+    mkdir -p "$tmp/stub/c10/cuda/impl" && : >"$tmp/stub/c10/cuda/impl/cuda_cmake_macros.h"
+    torch_include=$("$py" -c "from torch.utils.cpp_extension import include_paths; print(' '.join(include_paths()))")
+    cuda_include=$(nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ INCLUDES="-I\([^"]*\)".*/\1/p')
+    # shellcheck disable=SC2046
+    g++ -std=c++17 -fsyntax-only -w -Icsrc -I"$tmp/stub" $(printf -- '-I%s ' $torch_include) -I"$cuda_include" \
+      -I"$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" csrc/cuda_binding.cpp
+    echo "g++: csrc/cuda_binding.cpp compiles against torch's and the toolkit's headers"
     rm -rf "$tmp" ;;
   *) echo "usage: scripts/dev.sh [check|test|bench|lint|docs|cuda-check|setup] [args...]" >&2; exit 2 ;;
 esac

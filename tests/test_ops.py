@@ -117,8 +117,9 @@ def test_random_layouts_match_reference(spec, centering, seed):
         torch.testing.assert_close(g, r, atol=1e-10, rtol=1e-10)
 
 
-def test_generic_coefficient_map_matches_the_cpu_loops():
-    """The ATen coefficient map and its closed-form VJP (what CUDA runs) equal the CPU's fused loops."""
+def test_generic_coefficient_maps_match_the_cpu_loops():
+    """The ATen coefficient map and its closed-form VJP (what double backward differentiates) and the CUDA kernels'
+    row phases (coefficient_rows.h) equal the CPU's fused loops."""
     script = (
         "import torch, sys; sys.path.insert(0, 'tests'); import test_ops as t\n"
         "out = []\n"
@@ -129,7 +130,7 @@ def test_generic_coefficient_map_matches_the_cpu_loops():
         "torch.save(out, sys.argv[1])\n"
     )
     results = []
-    for generic in ("0", "1"):
+    for generic in ("", "aten", "rows"):
         path = f"{os.environ.get('TMPDIR', '/tmp')}/eqnorm-generic-{generic}-{os.getpid()}.pt"
         env = {**os.environ, "EQNORM_GENERIC_COEFFICIENTS": generic}
         subprocess.run(
@@ -137,9 +138,10 @@ def test_generic_coefficient_map_matches_the_cpu_loops():
         )
         results.append(torch.load(path))
         os.remove(path)
-    for fused, generic in zip(*results, strict=True):
-        for a, b in zip(fused, generic, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+    for fused, *generic in zip(*results, strict=True):
+        for other in generic:
+            for a, b in zip(fused, other, strict=True):
+                torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
 
 
 @pytest.mark.parametrize(
