@@ -4,7 +4,11 @@
     eqnorm-check --layer group --group D4 --fields "8*regular+4*trivial" --groups 4 --spatial 2
     eqnorm-check my_models:factory                 a factory returning a module, or (module, input)
 
-Exit status: 0 when every check passes, 1 when one fails, 2 for a usage or input error.
+Besides the whole model, every escnn and e3nn module inside it is checked alone, on random inputs and on the
+features it receives in the model, and the report names the first layer that breaks equivariance.
+
+Exit status: 0 when every check passes, 1 when one fails, 2 for a usage or input error (a module that raises
+included). With --json, exactly one JSON document is printed in every case.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import math
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,42 +29,64 @@ from typing import Any
 import torch
 
 from ._checks import CheckResult, Tolerance, check_e3nn, check_escnn
-from ._spaces import UsageError, field_type, gspace
+from ._layers import LayerReport, check_layers
+from ._spaces import FIELD_NAMES, UsageError, field_type, gspace
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(message)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="eqnorm-check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog="eqnorm-check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("target", nargs="?", help="module:factory or path/file.py:factory (default: the built-in model)")
+    add("--layer", choices=["group", "layer", "instance"], help="check one eqnorm layer instead of a model")
+    add("--group", default="C8", help="C<N>, D<N>, SO2, O2, SO3 or O3, with --layer (default: %(default)s)")
+    add(
+        "--fields",
+        default="8*regular+4*trivial",
+        help=f"a sum of k*name terms, with --layer; names: {FIELD_NAMES} (default: %(default)s)",
     )
-    p.add_argument("target", nargs="?", help="module:factory or path/file.py:factory (default: the built-in model)")
-    p.add_argument("--layer", choices=["group", "layer", "instance"], help="check one eqnorm layer")
-    p.add_argument("--group", default="C8", help="C<N>, D<N>, SO2, O2, SO3 or O3 (with --layer)")
-    p.add_argument("--fields", default="8*regular+4*trivial", help="sum of k*name terms (with --layer)")
-    p.add_argument("--groups", type=int, default=None, help="number of groups (with --layer group)")
-    p.add_argument("--spatial", type=int, default=2, help="0 (point features), 2 or 3 (with --layer)")
-    p.add_argument("--centering", default="trivial", choices=["trivial", "all", "none"], help="(with --layer)")
-    p.add_argument("--samples", type=int, default=16, help="group elements to test, at most")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default per dtype)")
-    p.add_argument("--rtol", type=float, default=None, help="tolerance relative to max |g f(x)| (default per dtype)")
-    p.add_argument("--interpolation-rtol", type=float, default=None, help="also fail interpolated rotations above it")
-    p.add_argument("--mode", choices=["train", "eval", "both"], default="both")
-    p.add_argument("--grad", action="store_true", help="check gradient equivariance too")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    add("--groups", type=int, default=None, help="groups, with --layer group (default: whole fields, ~16 channels)")
+    add("--spatial", type=int, default=2, help="0 (point features), 2 or 3, with --layer (default: %(default)s)")
+    add("--centering", default="trivial", choices=["trivial", "all", "none"], help="with --layer (default: trivial)")
+    add("--samples", type=int, default=16, help="group elements to test, at most (default: %(default)s)")
+    add("--seed", type=int, default=0, help="seed of the random inputs and elements (default: %(default)s)")
+    add("--dtype", choices=sorted(DTYPES), default="float32", help="(default: %(default)s)")
+    add("--device", default="cpu", help="(default: %(default)s)")
+    add("--atol", type=float, default=None, help="absolute tolerance (default: 1e-12, 1e-7, 1e-3 by dtype)")
+    add("--rtol", type=float, default=None, help="tolerance relative to max |g f(x)| (default: 1e-9, 1e-5, 1e-2)")
+    add("--interpolation-rtol", type=float, default=None, help="also fail interpolated rotations above it")
+    add("--mode", choices=["train", "eval", "both"], default="both", help="(default: %(default)s)")
+    add("--grad", action="store_true", help="check gradient equivariance too")
+    add("--no-layers", action="store_true", help="check the whole model only, not each layer alone")
+    add("--json", action="store_true", help="print one JSON document instead of tables")
+    add("--debug", action="store_true", help="print the traceback of an error")
     return p
 
 
-def _layer(args: argparse.Namespace) -> Any:
+def default_groups(num_fields: int, num_channels: int) -> int:
+    """Whole fields, about 16 channels per group, at most 32 groups: the largest divisor of the number of fields not
+    above ``min(32, round(channels / 16))``."""
+    target = max(1, min(32, round(num_channels / 16)))
+    return max(d for d in range(1, target + 1) if num_fields % d == 0)
+
+
+def _layer(args: argparse.Namespace, notes: list[str]) -> Any:
     from ..escnn import FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm
 
     ft = field_type(gspace(args.group, args.spatial), args.fields)
     try:
         if args.layer == "group":
-            return FieldGroupNorm(ft, args.groups or 1, centering=args.centering)
+            groups = args.groups
+            if groups is None:
+                groups = default_groups(len(ft), ft.size)
+                notes.append(f"--groups not given: {groups} groups of whole fields (about 16 channels per group)")
+            return FieldGroupNorm(ft, groups, centering=args.centering)
         return (FieldLayerNorm if args.layer == "layer" else FieldInstanceNorm)(ft, centering=args.centering)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None
@@ -67,6 +96,8 @@ def _import_factory(target: str) -> Any:
     location, _, name = target.rpartition(":")
     if not location or not name:
         raise UsageError(f"target must be module:factory or path/file.py:factory, got {target!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:  # resolve from the current directory, as python -m does
+        sys.path.insert(0, os.getcwd())
     try:
         if location.endswith(".py"):
             path = Path(location)
@@ -91,21 +122,61 @@ def _import_factory(target: str) -> Any:
         raise UsageError(f"the factory {target!r} raised {type(error).__name__}: {error}") from None
 
 
-def _target(args: argparse.Namespace) -> tuple[Any, Any]:
+def _target(args: argparse.Namespace, notes: list[str]) -> tuple[Any, Any, str]:
     if args.layer and args.target:
         raise UsageError("give either a target or --layer, not both")
     if args.layer:
-        return _layer(args), None
+        return _layer(args, notes), None, f"eqnorm layer --layer {args.layer}"
     if args.target:
         made = _import_factory(args.target)
-        return made if isinstance(made, tuple) and len(made) == 2 else (made, None)
+        module, x = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
+        return module, x, args.target
     from ._default import default_model
 
-    return default_model(), None
+    return default_model(), None, "the built-in default model"
 
 
-def run_checks(args: argparse.Namespace) -> list[CheckResult]:
-    module, given = _target(args)
+def _validate(args: argparse.Namespace) -> None:
+    if args.samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {args.samples}")
+    if args.groups is not None and args.groups < 1:
+        raise UsageError(f"--groups must be a positive number of groups, got {args.groups}")
+    for flag in ("atol", "rtol", "interpolation_rtol"):
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {value}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: this torch sees no CUDA device")
+    try:
+        torch.device(args.device)
+    except RuntimeError as error:
+        raise UsageError(f"--device {args.device!r}: {error}") from None
+
+
+@dataclasses.dataclass
+class Report:
+    """Everything one run of eqnorm-check found."""
+
+    header: dict[str, Any]
+    results: list[CheckResult]
+    layers: list[LayerReport]
+
+    def all_checks(self) -> list[CheckResult]:
+        return self.results + [r for layer in self.layers for r in layer.results]
+
+    def counts(self) -> dict[str, int]:
+        statuses = [r.status for r in self.all_checks()]
+        return {s: statuses.count(s) for s in ("passed", "failed", "skipped", "reported")}
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.all_checks())
+
+
+def run_checks(args: argparse.Namespace) -> Report:
+    _validate(args)
+    notes: list[str] = []
+    module, given, described = _target(args, notes)
     dtype = DTYPES[args.dtype]
     default = Tolerance.for_dtype(dtype)
     tolerance = Tolerance(
@@ -121,71 +192,190 @@ def run_checks(args: argparse.Namespace) -> list[CheckResult]:
             f"the target is a {type(module).__name__}: expected an escnn EquivariantModule (in_type/out_type) or an "
             "e3nn module (irreps_in/irreps_out)"
         )
-    try:
-        module.to(args.device)
-        x = None if x is None else x.to(args.device)
-    except (RuntimeError, TypeError) as error:
-        raise UsageError(f"cannot use device {args.device!r}: {error}") from None
+    module.to(args.device)
+    x = None if x is None else x.to(args.device)
+    if x is not None:
+        size = module.in_type.size if escnn else _irreps_dim(module.irreps_in)
+        if x.dim() < 2 or x.shape[-1 if not escnn else 1] != size:
+            where = "dimension 1" if escnn else "the last dimension"
+            raise UsageError(f"the factory's input has shape {tuple(x.shape)}; the module expects {size} in {where}")
+    header = {
+        "target": described,
+        "module": type(module).__name__,
+        "input": str(module.in_type) if escnn else str(module.irreps_in),
+        "dtype": args.dtype,
+        "atol": tolerance.atol,
+        "rtol": tolerance.rtol,
+        "seed": args.seed,
+        "samples": args.samples,
+        "modes": modes,
+        "device": args.device,
+        "notes": notes,
+    }
     common: dict[str, Any] = {
         "modes": modes,
         "dtype": dtype,
         "tolerance": tolerance,
         "samples": args.samples,
         "seed": args.seed,
-        "grad": args.grad,
-        "x": x,
     }
     if escnn:
-        return check_escnn(module, interpolation_rtol=args.interpolation_rtol, **common)
-    return check_e3nn(module, **common)
+        results = check_escnn(module, grad=args.grad, interpolation_rtol=args.interpolation_rtol, x=x, **common)
+    else:
+        results = check_e3nn(module, grad=args.grad, x=x, **common)
+    layers: list[LayerReport] = []
+    if not args.no_layers:
+        layers = check_layers(module, lambda: _run_once(module, x, escnn, dtype, args.seed), **common)
+    return Report(header, results, layers)
 
 
-def _verdict(results: Sequence[CheckResult]) -> tuple[bool, str]:
-    failed = [r for r in results if not r.passed]
-    if not failed:
-        return True, f"PASS: {len(results)} checks passed"
-    worst = next(m for m in failed[0].measurements if m.passed is False)
-    return False, (
-        f"FAIL: {len(failed)} of {len(results)} checks failed; first: {failed[0].name} ({failed[0].mode}) at element "
-        f"{worst.element}, max abs error {worst.abs_error:.3e}, relative {worst.rel_error:.3e}"
-    )
+def _irreps_dim(irreps: Any) -> int:
+    from e3nn import o3
+
+    return int(o3.Irreps(irreps).dim)
 
 
-def render(results: Sequence[CheckResult]) -> str:
+def _run_once(module: Any, x: torch.Tensor | None, escnn: bool, dtype: torch.dtype, seed: int) -> None:
+    """The model once in eval mode on its input (or a random one), for the layer hooks."""
+    gen = torch.Generator().manual_seed(seed)
+    module.eval()
+    if escnn:
+        from escnn.nn import GeometricTensor
+
+        from ._checks import _smooth_input
+
+        t = _smooth_input(module.in_type, 4, 17 if module.in_type.gspace.dimensionality == 2 else 9, dtype, gen)
+        t = t if x is None else x
+        module(GeometricTensor(t.to(dtype), module.in_type))
+    else:
+        t = torch.randn(4, _irreps_dim(module.irreps_in), generator=gen, dtype=torch.float64)
+        module((t if x is None else x).to(dtype))
+
+
+def _first_failure(report: Report) -> str:
+    for layer in report.layers:
+        for r in layer.results:
+            if not r.passed:
+                m = next(m for m in r.measurements if m.passed is False)
+                return (
+                    f"first failing layer {layer.name!r} ({layer.kind}): {r.name} [{r.mode}] at element {m.element}, "
+                    f"max abs error {m.abs_error:.3e}, relative {m.rel_error:.3e}"
+                )
+    r = next(r for r in report.results if not r.passed)
+    m = next(m for m in r.measurements if m.passed is False)
+    return f"{r.name} [{r.mode}] at element {m.element}, max abs error {m.abs_error:.3e}, relative {m.rel_error:.3e}"
+
+
+def summary(report: Report) -> str:
+    counts = report.counts()
+    line = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    if report.passed:
+        return f"PASS: {line}"
+    return f"FAIL: {line}; {_first_failure(report)}"
+
+
+def _table(results: Sequence[CheckResult]) -> list[str]:
     lines = []
     for r in results:
-        lines.append(f"\n{r.name} [{r.mode}]" + (f": {r.note}" if r.note else ""))
-        if r.measurements:
-            lines.append(f"  {'element':<34} {'max abs error':>14} {'relative':>10}  verdict")
+        lines.append(f"\n{r.name} [{r.mode}]: {r.status}" + (f"; {r.note}" if r.note else ""))
+        if not r.measurements:
+            continue
+        baseline = any(m.baseline is not None for m in r.measurements)
+        extra = f" {'baseline':>10}" if baseline else ""
+        lines.append(f"  {'element':<34} {'max abs error':>14} {'relative':>10}{extra}  verdict")
         for m in r.measurements:
             verdict = {True: "ok", False: "FAIL", None: "reported"}[m.passed]
-            lines.append(f"  {m.element:<34} {m.abs_error:>14.3e} {m.rel_error:>10.2e}  {verdict}")
-    lines.append("")
-    lines.append(_verdict(results)[1])
+            extra = f" {m.baseline:>10.2e}" if m.baseline is not None else ""
+            lines.append(f"  {m.element:<34} {m.abs_error:>14.3e} {m.rel_error:>10.2e}{extra}  {verdict}")
+    return lines
+
+
+def render(report: Report) -> str:
+    h = report.header
+    lines = [
+        f"eqnorm-check: {h['target']} ({h['module']}), input {h['input']}",
+        f"dtype {h['dtype']}, atol {h['atol']:g}, rtol {h['rtol']:g}, seed {h['seed']}, up to {h['samples']} "
+        f"group elements, modes {', '.join(h['modes'])}, device {h['device']}",
+        *(f"note: {n}" for n in h["notes"]),
+    ]
+    lines += _table(report.results)
+    if report.layers:
+        lines.append(
+            "\nEach layer alone (random input and the model's features; worst relative error of a judged check):"
+        )
+        lines.append(f"  {'layer':<24} {'type':<24} {'worst rel':>10}  status")
+        for layer in report.layers:
+            status = "ok" if layer.passed else "FAIL"
+            lines.append(f"  {layer.name:<24} {layer.kind:<24} {layer.worst:>10.2e}  {status}")
+    lines += ["", summary(report)]
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        if args.samples < 1:
-            raise UsageError(f"--samples must be at least 1, got {args.samples}")
-        results = run_checks(args)
-    except UsageError as error:
-        print(f"eqnorm-check: error: {error}", file=sys.stderr)
-        return 2
-    ok, verdict = _verdict(results)
-    if args.json:
-        doc = {
-            "verdict": "pass" if ok else "fail",
-            "summary": verdict,
-            "dtype": args.dtype,
-            "checks": [dataclasses.asdict(r) | {"passed": r.passed} for r in results],
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null, so that the document is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _check_document(r: CheckResult) -> dict[str, Any]:
+    doc = dataclasses.asdict(r)
+    doc["status"] = r.status
+    return doc
+
+
+def to_json(report: Report | None, code: int, error: str | None = None) -> str:
+    doc: dict[str, Any] = {"verdict": {0: "pass", 1: "fail"}.get(code, "error"), "exit_code": code, "error": error}
+    if report is not None:
+        doc |= {
+            "header": report.header,
+            "summary": summary(report),
+            "counts": report.counts(),
+            "checks": [_check_document(r) for r in report.results],
+            "layers": [
+                {
+                    "name": layer.name,
+                    "type": layer.kind,
+                    "status": "passed" if layer.passed else "failed",
+                    "worst_rel_error": layer.worst,
+                    "checks": [_check_document(r) for r in layer.results],
+                }
+                for layer in report.layers
+            ],
         }
-        print(json.dumps(doc, indent=2))
+    return json.dumps(_finite(doc), indent=2, allow_nan=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    wants_json = "--json" in (sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        from .._optional import escnn_available
+
+        if escnn_available():
+            import eqnorm.escnn  # noqa: F401  (escnn's scikit-learn workaround, before user code builds a group)
+        report = run_checks(parser().parse_args(argv))
+    except UsageError as error:
+        return _error(str(error), wants_json, debug)
+    except Exception as error:  # the module under test raised: an input error, not a failed check
+        return _error(f"the module raised {type(error).__name__}: {error}", wants_json, debug)
+    code = 0 if report.passed else 1
+    print(to_json(report, code) if wants_json else render(report))
+    return code
+
+
+def _error(message: str, wants_json: bool, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    if wants_json:
+        print(to_json(None, 2, message))
     else:
-        print(render(results))
-    return 0 if ok else 1
+        print(f"eqnorm-check: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["UsageError", "field_type", "gspace"]
+__all__ = ["FIELD_NAMES", "UsageError", "field_type", "gspace"]
+
+#: the representation names ``--fields`` accepts
+FIELD_NAMES = "trivial, regular, standard, irrep<i>, irrep(<i>,<j>), quotient<k>, bl_regular<L>"
 
 
 class UsageError(ValueError):
@@ -75,10 +78,7 @@ def _representation(gs: Any, name: str) -> Any:
                 return build(match)
             except Exception as error:  # escnn raises assorted errors for ids the group lacks
                 raise UsageError(f"{G.name} has no representation {name!r}: {error}") from None
-    raise UsageError(
-        f"unknown field name {name!r}; known: trivial, regular, standard, irrep<i>, irrep(<i>,<j>), quotient<k>, "
-        "bl_regular<L>"
-    )
+    raise UsageError(f"unknown field name {name!r}; known: {FIELD_NAMES}")
 
 
 def field_type(gs: Any, fields: str) -> Any:

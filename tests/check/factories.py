@@ -92,3 +92,63 @@ class _E3nnShift(torch.nn.Module):
 
 def e3nn_shift():
     return _E3nnShift()
+
+
+def conv_with_splitting_group_norm():
+    """A C8 conv model whose torch GroupNorm(8, 32) splits each of 4 regular fields in half."""
+    torch.manual_seed(0)
+    ft = _regular_type()
+    gs = ft.gspace
+    return nn.SequentialModule(
+        nn.R2Conv(nn.FieldType(gs, [gs.trivial_repr]), ft, kernel_size=5, padding=2),
+        Wrapped(ft, torch.nn.GroupNorm(8, ft.size)),
+        nn.ReLU(ft),
+        nn.R2Conv(ft, ft, kernel_size=3, padding=1),
+    )
+
+
+class E3nnModel(torch.nn.Module):
+    """Linear -> a bias on the 1o block -> Linear: the middle layer breaks equivariance."""
+
+    irreps_in, irreps_out = "2x0e+1x1o", "1x0e+1x1o"
+
+    def __init__(self):
+        super().__init__()
+        from e3nn import o3
+
+        torch.manual_seed(0)
+        self.first = o3.Linear(self.irreps_in, "1x0e+1x1o")
+        self.shift = _E3nnShift()
+        self.last = o3.Linear("1x0e+1x1o", self.irreps_out)
+
+    def forward(self, x):
+        return self.last(self.shift(self.first(x)))
+
+
+def e3nn_model_with_vector_bias():
+    return E3nnModel()
+
+
+class _Raises(nn.EquivariantModule):
+    def __init__(self):
+        super().__init__()
+        self.in_type = self.out_type = _regular_type(1)
+
+    def forward(self, x):
+        raise RuntimeError("forward is broken")
+
+    def evaluate_output_shape(self, shape):
+        return shape
+
+
+def forward_raises():
+    return _Raises()
+
+
+def wrong_input_size():
+    return relu(), torch.randn(2, 5, 8, 8)
+
+
+def returns_nan():
+    ft = _regular_type(1)
+    return Wrapped(ft, lambda t: t * float("nan"))

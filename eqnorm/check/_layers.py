@@ -1,0 +1,147 @@
+r"""Per-layer equivariance checks: every escnn ``EquivariantModule`` (``in_type``/``out_type``) and every e3nn module
+(``irreps_in``/``irreps_out``) inside a model is checked on its own, twice: on random inputs of its input type, and
+on the features it actually receives when the model runs (captured by forward hooks). A plain ``torch.nn`` module
+that an escnn module applies to a ``GeometricTensor``'s tensor is checked against its escnn parent's field type.
+
+A whole model can pass within rounding while one of its layers breaks equivariance by far less than the model's own
+float32 error: checked alone, a pointwise layer gets the exact fiber check, which a model that mixes positions
+cannot have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._checks import CheckResult, Tolerance, check_e3nn, check_escnn
+
+__all__ = ["LayerReport", "check_layers"]
+
+
+@dataclass
+class LayerReport:
+    """The checks of one submodule: its name in the model, its type, and the worst relative error of a judged check."""
+
+    name: str
+    kind: str
+    results: list[CheckResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def worst(self) -> float:
+        errors = [m.rel_error for r in self.results for m in r.measurements if m.passed is not None]
+        return max(errors, default=0.0)
+
+
+def _is_escnn(m: Any) -> bool:
+    return hasattr(m, "in_type") and hasattr(m, "out_type")
+
+
+def _is_e3nn(m: Any) -> bool:
+    return hasattr(m, "irreps_in") and hasattr(m, "irreps_out") and not _is_escnn(m)
+
+
+def _tensor(value: Any) -> torch.Tensor | None:
+    value = value[0] if isinstance(value, tuple) and value else value
+    value = getattr(value, "tensor", value)
+    return value.detach() if isinstance(value, torch.Tensor) else None
+
+
+class _OnFieldType(torch.nn.Module):
+    """A plain module seen as an escnn module mapping ``field_type`` to itself, as its escnn parent claims."""
+
+    def __init__(self, inner: torch.nn.Module, field_type: Any) -> None:
+        super().__init__()
+        self.inner, self.in_type, self.out_type = inner, field_type, field_type
+
+    def forward(self, x: Any) -> Any:
+        from escnn.nn import GeometricTensor
+
+        return GeometricTensor(self.inner(x.tensor), self.out_type)
+
+
+def _candidates(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, Any]]:
+    """(name, module, escnn parent's field type or None) for every submodule worth checking alone."""
+    found = []
+    parents: dict[str, Any] = {"": model if _is_escnn(model) else None}
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        parent = parents[name.rpartition(".")[0]]
+        parents[name] = module if _is_escnn(module) else parent
+        if _is_escnn(module) or _is_e3nn(module):
+            found.append((name, module, None))
+        elif parent is not None and not list(module.children()):
+            found.append((name, module, parent.in_type))
+    return found
+
+
+def check_layers(
+    model: torch.nn.Module,
+    run_model: Callable[[], Any],
+    modes: Sequence[str],
+    dtype: torch.dtype,
+    tolerance: Tolerance,
+    samples: int,
+    seed: int,
+) -> list[LayerReport]:
+    """Check each submodule of ``model`` alone (see the module docstring); ``run_model()`` runs the model once on its
+    input, in the current mode, so that the hooks capture what each submodule receives. Reports come in the order in
+    which the model calls the submodules."""
+    candidates = _candidates(model)
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    order: list[str] = []
+
+    def called(name: str) -> Callable[..., None]:
+        def note(_module: Any, _inputs: Any) -> None:
+            if name not in order:  # the order of calls, so that a container comes before what it holds
+                order.append(name)
+
+        return note
+
+    def hook(name: str) -> Callable[..., None]:
+        def save(_module: Any, inputs: Any, output: Any) -> None:
+            x, y = _tensor(inputs), _tensor(output)
+            if x is not None and y is not None and name not in captured:
+                captured[name] = (x, y)
+
+        return save
+
+    handles = [m.register_forward_pre_hook(called(name)) for name, m, _ in candidates]
+    handles += [m.register_forward_hook(hook(name)) for name, m, _ in candidates]
+    try:
+        with torch.no_grad():
+            run_model()
+    finally:
+        for h in handles:
+            h.remove()
+    training = {m: m.training for m in model.modules()}
+    reports = []
+    by_name = {name: (module, field_type) for name, module, field_type in candidates}
+    for name in order + [n for n, _, _ in candidates if n not in order]:
+        module, field_type = by_name[name]
+        x, y = captured.get(name, (None, None))
+        if field_type is not None:  # a plain module: only where it keeps the parent's field type
+            if x is None or y is None or x.dim() < 2 or x.shape[1] != field_type.size or x.shape != y.shape:
+                continue
+            module = _OnFieldType(module, field_type)
+        check = check_e3nn if _is_e3nn(module) else check_escnn
+        results: list[CheckResult] = []
+        for source, data in (("random input", None), ("the model's features", x)):
+            if source != "random input" and data is None:
+                continue
+            for r in check(module, modes=modes, dtype=dtype, tolerance=tolerance, samples=samples, seed=seed, x=data):
+                r.layer = name
+                r.name = f"{r.name}, {source}"
+                results.append(r)
+        kind = type(by_name[name][0]).__name__
+        reports.append(LayerReport(name, kind, results))
+    for m, was in training.items():
+        m.train(was)
+    return reports
