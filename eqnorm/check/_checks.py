@@ -329,16 +329,24 @@ def check_e3nn(
     seed: int = 0,
     grad: bool = False,
     x: torch.Tensor | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> list[CheckResult]:
-    r"""Rotations and inversions of an e3nn module with ``irreps_in`` and ``irreps_out`` on ``(batch, dim)`` inputs:
+    r"""Rotations and inversions of an e3nn module with ``irreps_in`` and ``irreps_out`` on ``(nodes, dim)`` inputs:
     :math:`\max|f(D_{\mathrm{in}}(g)\,x) - D_{\mathrm{out}}(g)\,f(x)|` for sampled :math:`g \in O(3)`, with
-    e3nn's Wigner matrices :math:`D`."""
+    e3nn's Wigner matrices :math:`D`. ``inputs`` are extra keyword inputs of every call (``batch``, ``ptr``,
+    ``num_graphs`` of per-graph modules); with ``batch`` or ``ptr``, batch independence moves whole graphs."""
     from e3nn import o3
 
     irreps_in, irreps_out = o3.Irreps(module.irreps_in), o3.Irreps(module.irreps_out)
     gen = torch.Generator().manual_seed(seed)
     module.to(dtype)
     x = torch.randn(4, irreps_in.dim, generator=gen, dtype=torch.float64).to(dtype) if x is None else x.to(dtype)
+    extra = dict(inputs or {})
+    graphs = _graph_of_node(extra, x.shape[0])
+
+    def run(t: torch.Tensor, **changed: Any) -> torch.Tensor:
+        return module(t, **(extra | changed))
+
     rotations = []
     for k in range(samples):
         q = torch.randn(4, generator=gen, dtype=torch.float64)
@@ -349,20 +357,23 @@ def check_e3nn(
         module.train(mode == "train")
         check = CheckResult("rotation and parity equivariance", mode, tolerance=tolerance)
         with torch.no_grad():
-            y = module(x)
+            y = run(x)
             for label, matrix in rotations:
                 d_in = irreps_in.D_from_matrix(matrix).to(dtype)
                 d_out = irreps_out.D_from_matrix(matrix).to(dtype)
-                check.measurements.append(_measure(label, module(x @ d_in.T), y @ d_out.T, tolerance))
+                check.measurements.append(_measure(label, run(x @ d_in.T), y @ d_out.T, tolerance))
             results.append(check)
-            results.append(_batch_check(module, x, mode, tolerance, ""))
+            if graphs is None:
+                results.append(_batch_check(run, x, mode, tolerance, ""))
+            else:
+                results.append(_graph_check(run, x, graphs, extra, mode, tolerance))
         if grad:
             gcheck = CheckResult("gradient equivariance", mode, tolerance=tolerance)
             v = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)
 
             def input_grad(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
                 t = t.clone().requires_grad_()
-                return torch.autograd.grad(module(t), t, w)[0]
+                return torch.autograd.grad(run(t), t, w)[0]
 
             base = input_grad(x, v)
             for label, matrix in rotations:
@@ -373,3 +384,46 @@ def check_e3nn(
                 )
             results.append(gcheck)
     return results
+
+
+def _graph_of_node(inputs: dict[str, Any], nodes: int) -> torch.Tensor | None:
+    """The graph id of each node, from a ``batch`` vector or ``ptr`` offsets, or None for a plain batch."""
+    if inputs.get("batch") is not None:
+        return torch.as_tensor(inputs["batch"]).long().cpu()
+    if inputs.get("ptr") is not None:
+        ptr = torch.as_tensor(inputs["ptr"]).long().cpu()
+        return torch.repeat_interleave(torch.arange(ptr.numel() - 1), ptr.diff(), output_size=nodes)
+    return None
+
+
+def _graph_check(
+    run: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    graphs: torch.Tensor,
+    inputs: dict[str, Any],
+    mode: str,
+    tolerance: Tolerance,
+) -> CheckResult:
+    """Per-graph independence: the first graph's output must not move when every other graph's nodes are replaced,
+    and each graph's output must move with it when the graphs come in the reverse order."""
+    first = graphs == graphs[0]
+    other = x.clone()
+    other[~first] = torch.randn_like(other[~first]) * 10 + 3
+    y = run(x)
+    check = CheckResult("graph independence", mode, tolerance=tolerance)
+    check.measurements.append(_measure("graph 0, others replaced", run(other)[first], y[first], tolerance))
+    groups = _groups(graphs)[::-1]
+    order = torch.cat(groups)
+    sizes = torch.tensor([g.numel() for g in groups])
+    changed = {
+        "batch": torch.repeat_interleave(torch.arange(len(groups)), sizes).to(x.device),
+        "ptr": torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)]).to(x.device),
+    }
+    given = {k: v for k, v in changed.items() if inputs.get(k) is not None}
+    reversed_out = run(x[order.to(x.device)], **given)
+    check.measurements.append(_measure("graphs in reverse order", reversed_out, y[order.to(x.device)], tolerance))
+    return check
+
+
+def _groups(graphs: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.nonzero(graphs == g).flatten() for g in torch.unique(graphs)]

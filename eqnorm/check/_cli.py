@@ -129,6 +129,13 @@ def _target(args: argparse.Namespace, notes: list[str]) -> tuple[Any, Any, str]:
         return _layer(args, notes), None, f"eqnorm layer --layer {args.layer}"
     if args.target:
         made = _import_factory(args.target)
+        if isinstance(made, tuple) and len(made) == 3:  # (module, input, extra keyword inputs such as batch)
+            module, x, extra = made
+            if not isinstance(extra, dict):
+                raise UsageError(
+                    f"a factory's third value must be a dict of keyword inputs, got {type(extra).__name__}"
+                )
+            return module, (x, extra), args.target
         module, x = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
         return module, x, args.target
     from ._default import default_model
@@ -183,6 +190,7 @@ def run_checks(args: argparse.Namespace) -> Report:
         args.atol if args.atol is not None else default.atol, args.rtol if args.rtol is not None else default.rtol
     )
     modes = ["train", "eval"] if args.mode == "both" else [args.mode]
+    given, extra = given if isinstance(given, tuple) else (given, {})
     x = getattr(given, "tensor", given)
     if x is not None and not isinstance(x, torch.Tensor):
         raise UsageError(f"the factory's input must be a tensor or a GeometricTensor, got {type(x).__name__}")
@@ -192,8 +200,11 @@ def run_checks(args: argparse.Namespace) -> Report:
             f"the target is a {type(module).__name__}: expected an escnn EquivariantModule (in_type/out_type) or an "
             "e3nn module (irreps_in/irreps_out)"
         )
+    if extra and escnn:
+        raise UsageError("extra keyword inputs (batch, ptr) are for e3nn modules")
     module.to(args.device)
     x = None if x is None else x.to(args.device)
+    extra = {k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
     if x is not None:
         size = module.in_type.size if escnn else _irreps_dim(module.irreps_in)
         if x.dim() < 2 or x.shape[-1 if not escnn else 1] != size:
@@ -203,6 +214,7 @@ def run_checks(args: argparse.Namespace) -> Report:
         "target": described,
         "module": type(module).__name__,
         "input": str(module.in_type) if escnn else str(module.irreps_in),
+        "extra_inputs": sorted(extra),
         "dtype": args.dtype,
         "atol": tolerance.atol,
         "rtol": tolerance.rtol,
@@ -222,10 +234,10 @@ def run_checks(args: argparse.Namespace) -> Report:
     if escnn:
         results = check_escnn(module, grad=args.grad, interpolation_rtol=args.interpolation_rtol, x=x, **common)
     else:
-        results = check_e3nn(module, grad=args.grad, x=x, **common)
+        results = check_e3nn(module, grad=args.grad, x=x, inputs=extra, **common)
     layers: list[LayerReport] = []
     if not args.no_layers:
-        layers = check_layers(module, lambda: _run_once(module, x, escnn, dtype, args.seed), **common)
+        layers = check_layers(module, lambda: _run_once(module, x, extra, escnn, dtype, args.seed), **common)
     return Report(header, results, layers)
 
 
@@ -235,7 +247,9 @@ def _irreps_dim(irreps: Any) -> int:
     return int(o3.Irreps(irreps).dim)
 
 
-def _run_once(module: Any, x: torch.Tensor | None, escnn: bool, dtype: torch.dtype, seed: int) -> None:
+def _run_once(
+    module: Any, x: torch.Tensor | None, extra: dict[str, Any], escnn: bool, dtype: torch.dtype, seed: int
+) -> None:
     """The model once in eval mode on its input (or a random one), for the layer hooks."""
     gen = torch.Generator().manual_seed(seed)
     module.eval()
@@ -249,7 +263,7 @@ def _run_once(module: Any, x: torch.Tensor | None, escnn: bool, dtype: torch.dty
         module(GeometricTensor(t.to(dtype), module.in_type))
     else:
         t = torch.randn(4, _irreps_dim(module.irreps_in), generator=gen, dtype=torch.float64)
-        module((t if x is None else x).to(dtype))
+        module((t if x is None else x).to(dtype), **extra)
 
 
 def _first_failure(report: Report) -> str:

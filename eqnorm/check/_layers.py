@@ -95,7 +95,7 @@ def check_layers(
     input, in the current mode, so that the hooks capture what each submodule receives. Reports come in the order in
     which the model calls the submodules."""
     candidates = _candidates(model)
-    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] = {}
     order: list[str] = []
 
     def called(name: str) -> Callable[..., None]:
@@ -106,15 +106,15 @@ def check_layers(
         return note
 
     def hook(name: str) -> Callable[..., None]:
-        def save(_module: Any, inputs: Any, output: Any) -> None:
+        def save(_module: Any, inputs: Any, kwargs: dict[str, Any], output: Any) -> None:
             x, y = _tensor(inputs), _tensor(output)
             if x is not None and y is not None and name not in captured:
-                captured[name] = (x, y)
+                captured[name] = (x, y, kwargs)
 
         return save
 
     handles = [m.register_forward_pre_hook(called(name)) for name, m, _ in candidates]
-    handles += [m.register_forward_hook(hook(name)) for name, m, _ in candidates]
+    handles += [m.register_forward_hook(hook(name), with_kwargs=True) for name, m, _ in candidates]
     try:
         with torch.no_grad():
             run_model()
@@ -126,17 +126,24 @@ def check_layers(
     by_name = {name: (module, field_type) for name, module, field_type in candidates}
     for name in order + [n for n, _, _ in candidates if n not in order]:
         module, field_type = by_name[name]
-        x, y = captured.get(name, (None, None))
+        x, y, kwargs = captured.get(name, (None, None, {}))
         if field_type is not None:  # a plain module: only where it keeps the parent's field type
             if x is None or y is None or x.dim() < 2 or x.shape[1] != field_type.size or x.shape != y.shape:
                 continue
             module = _OnFieldType(module, field_type)
-        check = check_e3nn if _is_e3nn(module) else check_escnn
+        e3nn = _is_e3nn(module)
+        if kwargs and not e3nn:
+            continue  # an escnn module takes one GeometricTensor
+        extra = {"inputs": kwargs} if e3nn else {}
+        random = None if not kwargs or x is None else torch.randn_like(x)  # per-graph inputs: the captured sizes
         results: list[CheckResult] = []
-        for source, data in (("random input", None), ("the model's features", x)):
+        for source, data in (("random input", random), ("the model's features", x)):
             if source != "random input" and data is None:
                 continue
-            for r in check(module, modes=modes, dtype=dtype, tolerance=tolerance, samples=samples, seed=seed, x=data):
+            check: Callable[..., list[CheckResult]] = check_e3nn if e3nn else check_escnn
+            for r in check(
+                module, modes=modes, dtype=dtype, tolerance=tolerance, samples=samples, seed=seed, x=data, **extra
+            ):
                 r.layer = name
                 r.name = f"{r.name}, {source}"
                 results.append(r)

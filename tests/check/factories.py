@@ -152,3 +152,30 @@ def wrong_input_size():
 def returns_nan():
     ft = _regular_type(1)
     return Wrapped(ft, lambda t: t * float("nan"))
+
+
+def _graphs():
+    batch = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    return torch.randn(batch.numel(), 7, generator=torch.Generator().manual_seed(0)) + 1, batch
+
+
+def per_graph_group_norm():
+    """eqnorm's per-graph group norm, with the batch vector as an extra input."""
+    from eqnorm.e3nn import IrrepsGroupNorm
+
+    x, batch = _graphs()
+    return IrrepsGroupNorm("4x0e+1x1o", 5, over="graph"), x, {"batch": batch, "num_graphs": 3}
+
+
+class _WholeBatchNorm(torch.nn.Module):
+    """Scales every node by the norm over the whole batch: equivariant, but the graphs depend on each other."""
+
+    irreps_in = irreps_out = "4x0e+1x1o"
+
+    def forward(self, x, batch=None):
+        return x / x.norm()
+
+
+def whole_batch_norm():
+    x, batch = _graphs()
+    return _WholeBatchNorm(), x, {"batch": batch}

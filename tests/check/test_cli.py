@@ -265,3 +265,17 @@ def test_factory_from_the_current_directory_builds_d4_before_eqnorm(tmp_path):
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_per_graph_e3nn_layer_with_batch_input(capsys):
+    code, doc = run_json(capsys, f"{FACTORIES}:per_graph_group_norm", "--samples", "4", "--dtype", "float64")
+    assert code == 0, doc["summary"]
+    assert doc["header"]["extra_inputs"] == ["batch", "num_graphs"]
+    graph = next(c for c in doc["checks"] if c["name"] == "graph independence")
+    assert [m["element"] for m in graph["measurements"]] == ["graph 0, others replaced", "graphs in reverse order"]
+
+
+def test_module_that_couples_graphs_fails_graph_independence(capsys):
+    code, out, _ = run(capsys, f"{FACTORIES}:whole_batch_norm", "--samples", "4", "--mode", "eval")
+    assert code == 1 and "graph independence [eval]: failed" in out
+    assert "rotation and parity equivariance [eval]: passed" in out
