@@ -406,7 +406,7 @@ def _graph_check(
 ) -> CheckResult:
     """Per-graph independence: the first graph's output must not move when every other graph's nodes are replaced,
     and each graph's output must move with it when the graphs come in the reverse order."""
-    first = graphs == graphs[0]
+    first = (graphs == graphs[0]).to(x.device)
     other = x.clone()
     other[~first] = torch.randn_like(other[~first]) * 10 + 3
     y = run(x)
