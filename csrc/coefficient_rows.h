@@ -38,6 +38,23 @@ template <typename A> struct Scratch {
       : z(base), cen(base + l.L), rstd(base + l.L + l.C), gvar(base + l.L + l.C + l.G), work(base + l.L + l.C + 2 * l.G) {}
 };
 
+// The (rows, C) statistics of one call: each row's mean and M2 over count(n) values (counts[n] when ragged).
+template <typename A> struct Statistics {
+  int64_t rows;
+  const A *mean, *m2;
+  A positions;
+  const A* counts;  // nullptr unless ragged
+  A eps;
+  EQNORM_HOST_DEVICE A count(int64_t n) const { return counts ? counts[n] : positions; }
+};
+
+// The (rows, C) inputs and outputs of the backward map: g_a = sum dy x, g_beta = sum dy in; a, u, v and the weight
+// cotangent per channel gw out.
+template <typename A> struct Cotangents {
+  const A *g_a, *g_beta;
+  A *a, *u, *v, *gw;
+};
+
 // out = K v: z_l = scale_l sum_{k: class_k = l} value_k v[channel_k], then out_c = sum_{k: channel_k = c} value_k z_l
 template <typename A, typename Run>
 EQNORM_HOST_DEVICE void center(const LayoutView<A>& l, const A* v, A* z, A* out, Run& run) {
@@ -138,6 +155,22 @@ EQNORM_HOST_DEVICE void backward(const LayoutView<A>& l, const A* m, const A* m2
   run([&](int64_t t, int64_t T) {
     for (int64_t c = t; c < l.C; c += T) v[c] = (v[c] + s.cen[c]) / P - u[c] * m[c];
   });
+}
+
+// Row n of a call, the same on the GPU (one block per row) and on the CPU.
+template <typename A, typename Run>
+EQNORM_HOST_DEVICE void forward_row(const LayoutView<A>& l, const Statistics<A>& st, A* a, A* beta, int64_t n,
+                                    Scratch<A>& s, Run& run) {
+  const int64_t r = n * l.C;
+  forward(l, st.mean + r, st.m2 + r, st.count(n), st.eps, s, a + r, beta + r, run);
+}
+
+template <typename A, typename Run>
+EQNORM_HOST_DEVICE void backward_row(const LayoutView<A>& l, const Statistics<A>& st, const Cotangents<A>& ct,
+                                     int64_t n, Scratch<A>& s, Run& run) {
+  const int64_t r = n * l.C;
+  backward(l, st.mean + r, st.m2 + r, st.count(n), st.eps, ct.g_a + r, ct.g_beta + r, s, ct.a + r, ct.u + r,
+           ct.v + r, ct.gw + r, run);
 }
 
 // dweight_f = sum_{c in field f} gw_c and dbias_i = sum_{j: index_j = i} value_j g_beta[channel_j], from gw and

@@ -153,30 +153,20 @@ template <typename A> struct ChunkSums {
   }
 };
 
-// Per-row positions: one for all rows, or counts[n] for row n (ragged).
-template <typename A> struct Positions {
-  A all;
-  const A* counts;
-  explicit Positions(const Pooled& s)
-      : all(static_cast<A>(s.positions)), counts(s.counts.defined() ? s.counts.data_ptr<A>() : nullptr) {}
-  A operator[](int64_t n) const { return counts ? counts[n] : all; }
-};
-
 Stats coefficients_cpu(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
                        double eps) {
   const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
-  at::Tensor a = at::empty_like(mean), beta = at::empty_like(mean);
+  at::Tensor a = at::empty_like(mean), beta = at::empty_like(mean), counts;
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm coefficients", [&] {
     using A = scalar_t;
     const Layout<A> l(args, weight, bias);
-    const Positions<A> P(s);
-    const A *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
+    const eqnorm_rows::Statistics<A> st = row_statistics<A>(s, mean, m2, counts, eps);
     A *ap = a.data_ptr<A>(), *bp = beta.data_ptr<A>();
-    at::parallel_for(0, mean.size(0), 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, st.rows, 16, [&](int64_t begin, int64_t end) {
       Sample<A> w(l);
       for (int64_t n = begin; n < end; ++n) {
         const int64_t r = n * l.C;
-        w.coefficients(l, mp + r, m2p + r, P[n], static_cast<A>(eps), ap + r, bp + r);
+        w.coefficients(l, st.mean + r, st.m2 + r, st.count(n), st.eps, ap + r, bp + r);
       }
     });
   });
@@ -190,12 +180,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
   const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
   at::Tensor a = at::empty_like(mean), u = at::empty_like(mean), v = at::empty_like(mean);
   at::Tensor dweight = at::zeros(weight.sizes(), mean.options()), dbias = at::zeros(bias.sizes(), mean.options());
+  at::Tensor counts;
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
     using A = scalar_t;
     const Layout<A> l(args, weight, bias);
-    const Positions<A> P(s);
-    const int64_t S = mean.size(0), C = l.C;
-    const A *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>(), *gaxp = gax.data_ptr<A>(), *gbp = gb.data_ptr<A>();
+    const eqnorm_rows::Statistics<A> st = row_statistics<A>(s, mean, m2, counts, eps);
+    const int64_t S = st.rows, C = l.C;
+    const A *gaxp = gax.data_ptr<A>(), *gbp = gb.data_ptr<A>();
     A *ap = a.data_ptr<A>(), *up = u.data_ptr<A>(), *vp = v.data_ptr<A>();
     ChunkSums<A> sums(S, C);
     at::parallel_for(0, ChunkSums<A>::chunks(S), 1, [&](int64_t begin, int64_t end) {
@@ -203,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
       std::vector<A> gw(C);
       for (int64_t n = begin * ChunkSums<A>::kRows; n < std::min(S, end * ChunkSums<A>::kRows); ++n) {
         const int64_t r = n * C;
-        w.coefficients_backward(l, mp + r, m2p + r, P[n], static_cast<A>(eps), gaxp + r, gbp + r, ap + r, up + r,
+        w.coefficients_backward(l, st.mean + r, st.m2 + r, st.count(n), st.eps, gaxp + r, gbp + r, ap + r, up + r,
                                 vp + r, gw.data());
         sums.add(n, gw.data(), gbp + r);
       }
@@ -285,52 +276,37 @@ struct SerialRun {
   }
 };
 
-// The CUDA kernels' coefficient map (coefficient_rows.h) on the CPU, row after row.
+// The CUDA kernels' coefficient map (coefficient_rows.h) on the CPU, row after row, with one row's scratch.
+template <typename A> struct SerialRows {
+  const eqnorm_rows::LayoutView<A>& view;
+  std::vector<A> memory;
+  eqnorm_rows::Scratch<A> scratch;
+  SerialRun run;
+  explicit SerialRows(const eqnorm_rows::LayoutView<A>& v)
+      : view(v), memory(eqnorm_rows::Scratch<A>::size(v)), scratch(v, memory.data()) {}
+};
+
 Stats coefficients_rows(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
                         double eps) {
-  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
-  at::Tensor a = at::empty_like(mean), beta = at::empty_like(mean), counts;
-  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm coefficients", [&] {
-    using A = scalar_t;
-    const HeldLayout<A> h = layout_view<A>(args, weight, bias);
-    const A* count = row_counts<A>(s, counts);
-    std::vector<A> scratch(eqnorm_rows::Scratch<A>::size(h.view));
-    eqnorm_rows::Scratch<A> work(h.view, scratch.data());
-    SerialRun run;
-    for (int64_t n = 0, C = h.view.C; n < mean.size(0); ++n)
-      eqnorm_rows::forward(h.view, mean.data_ptr<A>() + n * C, m2.data_ptr<A>() + n * C,
-                           count ? count[n] : A(s.positions), A(eps), work, a.data_ptr<A>() + n * C,
-                           beta.data_ptr<A>() + n * C, run);
+  return coefficients_by_rows(s, weight, bias, args, eps, [](const auto& view, const auto& st, auto* a, auto* beta) {
+    SerialRows r(view);
+    for (int64_t n = 0; n < st.rows; ++n) eqnorm_rows::forward_row(view, st, a, beta, n, r.scratch, r.run);
   });
-  return {a, beta};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_rows(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
     const at::Tensor& bias, const LayoutArgs& args, double eps) {
-  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
-  const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
-  at::Tensor a = at::empty_like(mean), u = at::empty_like(mean), v = at::empty_like(mean), gw = at::empty_like(mean);
-  at::Tensor dweight = at::empty(weight.sizes(), mean.options()), dbias = at::empty(bias.sizes(), mean.options());
-  at::Tensor counts;
-  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
-    using A = scalar_t;
-    const HeldLayout<A> h = layout_view<A>(args, weight, bias);
-    const A* count = row_counts<A>(s, counts);
-    std::vector<A> scratch(eqnorm_rows::Scratch<A>::size(h.view));
-    eqnorm_rows::Scratch<A> work(h.view, scratch.data());
-    SerialRun run;
-    for (int64_t n = 0, C = h.view.C; n < mean.size(0); ++n) {
-      const int64_t r = n * C;
-      eqnorm_rows::backward(h.view, mean.data_ptr<A>() + r, m2.data_ptr<A>() + r, count ? count[n] : A(s.positions),
-                            A(eps), gax.data_ptr<A>() + r, gb.data_ptr<A>() + r, work, a.data_ptr<A>() + r,
-                            u.data_ptr<A>() + r, v.data_ptr<A>() + r, gw.data_ptr<A>() + r, run);
-    }
-    const at::Tensor gw_total = gw.sum(0), gb_total = gb.sum(0);
-    eqnorm_rows::parameter_gradients(h.view, gw_total.data_ptr<A>(), gb_total.data_ptr<A>(), dweight.data_ptr<A>(),
-                                     dbias.data_ptr<A>(), run);
-  });
-  return {a, u, v, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+  return coefficients_backward_by_rows(
+      sum_dy_x, sum_dy, s, weight, bias, args, eps,
+      [](const auto& view, const auto& st, const auto& ct) {
+        SerialRows r(view);
+        for (int64_t n = 0; n < st.rows; ++n) eqnorm_rows::backward_row(view, st, ct, n, r.scratch, r.run);
+      },
+      [](const auto& view, const auto* gw, const auto* g_beta, auto* dweight, auto* dbias) {
+        SerialRun run;
+        eqnorm_rows::parameter_gradients(view, gw, g_beta, dweight, dbias, run);
+      });
 }
 
 // EQNORM_GENERIC_COEFFICIENTS picks another coefficient map for the CPU, so that machines without a GPU test the ones

@@ -121,46 +121,29 @@ const Passes& cuda_passes() {
 // The coefficient map in one kernel launch per direction (the ATen form launches dozens of tiny kernels per call).
 Stats coefficients_cuda(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
                         double eps) {
-  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
-  at::Tensor a = at::empty_like(mean), beta = at::empty_like(mean), counts;
-  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm coefficients", [&] {
-    using A = scalar_t;
-    const HeldLayout<A> h = layout_view<A>(args, weight, bias);
-    const int64_t rows = mean.size(0);
-    const at::Tensor scratch = at::empty({eqnorm_cuda::coefficient_scratch(h.view, rows)}, mean.options());
-    check_cuda("eqnorm::field_norm", eqnorm_cuda::coefficients<A>(
-                                         h.view, mean.data_ptr<A>(), m2.data_ptr<A>(), A(s.positions),
-                                         row_counts<A>(s, counts), A(eps), a.data_ptr<A>(), beta.data_ptr<A>(), rows,
-                                         scratch.data_ptr<A>(), c10::cuda::getCurrentCUDAStream()));
+  return coefficients_by_rows(s, weight, bias, args, eps, [&](const auto& view, const auto& st, auto* a, auto* beta) {
+    const at::Tensor scratch = at::empty({eqnorm_cuda::coefficient_scratch(view, st.rows)}, s.mean.options());
+    check_cuda("eqnorm::field_norm",
+               eqnorm_cuda::coefficients(view, st, a, beta, static_cast<decltype(a)>(scratch.data_ptr()),
+                                         c10::cuda::getCurrentCUDAStream()));
   });
-  return {a, beta};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_cuda(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
     const at::Tensor& bias, const LayoutArgs& args, double eps) {
   const char* op = "eqnorm::field_norm_backward";
-  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
-  const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
-  at::Tensor a = at::empty_like(mean), u = at::empty_like(mean), v = at::empty_like(mean), gw = at::empty_like(mean);
-  at::Tensor dweight = at::empty(weight.sizes(), mean.options()), dbias = at::empty(bias.sizes(), mean.options());
-  at::Tensor counts;
-  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
-    using A = scalar_t;
-    const HeldLayout<A> h = layout_view<A>(args, weight, bias);
-    const int64_t rows = mean.size(0);
-    const at::Tensor scratch = at::empty({eqnorm_cuda::coefficient_scratch(h.view, rows)}, mean.options());
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    check_cuda(op, eqnorm_cuda::coefficients_backward<A>(
-                       h.view, mean.data_ptr<A>(), m2.data_ptr<A>(), A(s.positions), row_counts<A>(s, counts), A(eps),
-                       gax.data_ptr<A>(), gb.data_ptr<A>(), a.data_ptr<A>(), u.data_ptr<A>(), v.data_ptr<A>(),
-                       gw.data_ptr<A>(), rows, scratch.data_ptr<A>(), stream));
-    // summed over rows by ATen's deterministic reduction, then per field and per bias entry by one block
-    const at::Tensor gw_total = gw.sum(0), gb_total = gb.sum(0);
-    check_cuda(op, eqnorm_cuda::parameter_gradients<A>(h.view, gw_total.data_ptr<A>(), gb_total.data_ptr<A>(),
-                                                       dweight.data_ptr<A>(), dbias.data_ptr<A>(), stream));
-  });
-  return {a, u, v, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+  return coefficients_backward_by_rows(
+      sum_dy_x, sum_dy, s, weight, bias, args, eps,
+      [&](const auto& view, const auto& st, const auto& ct) {
+        const at::Tensor scratch = at::empty({eqnorm_cuda::coefficient_scratch(view, st.rows)}, s.mean.options());
+        check_cuda(op, eqnorm_cuda::coefficients_backward(view, st, ct, static_cast<decltype(ct.a)>(scratch.data_ptr()),
+                                                          c10::cuda::getCurrentCUDAStream()));
+      },
+      [&](const auto& view, const auto* gw, const auto* g_beta, auto* dweight, auto* dbias) {
+        check_cuda(op, eqnorm_cuda::parameter_gradients(view, gw, g_beta, dweight, dbias,
+                                                        c10::cuda::getCurrentCUDAStream()));
+      });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_cuda(const at::Tensor& x, const at::Tensor& weight,

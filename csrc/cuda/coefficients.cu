@@ -21,27 +21,19 @@ struct BlockRun {
 };
 
 template <typename A>
-__global__ void forward_rows(eqnorm_rows::LayoutView<A> l, const A* mean, const A* m2, A positions, const A* counts,
-                             A eps, A* a, A* beta, int64_t rows, A* scratch) {
+__global__ void forward_rows(eqnorm_rows::LayoutView<A> l, eqnorm_rows::Statistics<A> st, A* a, A* beta, A* scratch) {
   BlockRun run;
   eqnorm_rows::Scratch<A> s(l, scratch + blockIdx.x * eqnorm_rows::Scratch<A>::size(l));
-  for (int64_t n = blockIdx.x; n < rows; n += gridDim.x) {  // the same trip count for every thread of the block
-    const int64_t r = n * l.C;
-    eqnorm_rows::forward(l, mean + r, m2 + r, counts ? counts[n] : positions, eps, s, a + r, beta + r, run);
-  }
+  for (int64_t n = blockIdx.x; n < st.rows; n += gridDim.x)  // the same trip count for every thread of the block
+    eqnorm_rows::forward_row(l, st, a, beta, n, s, run);
 }
 
 template <typename A>
-__global__ void backward_rows(eqnorm_rows::LayoutView<A> l, const A* mean, const A* m2, A positions, const A* counts,
-                              A eps, const A* g_a, const A* g_beta, A* a, A* u, A* v, A* gw, int64_t rows,
-                              A* scratch) {
+__global__ void backward_rows(eqnorm_rows::LayoutView<A> l, eqnorm_rows::Statistics<A> st,
+                              eqnorm_rows::Cotangents<A> ct, A* scratch) {
   BlockRun run;
   eqnorm_rows::Scratch<A> s(l, scratch + blockIdx.x * eqnorm_rows::Scratch<A>::size(l));
-  for (int64_t n = blockIdx.x; n < rows; n += gridDim.x) {
-    const int64_t r = n * l.C;
-    eqnorm_rows::backward(l, mean + r, m2 + r, counts ? counts[n] : positions, eps, g_a + r, g_beta + r, s, a + r,
-                          u + r, v + r, gw + r, run);
-  }
+  for (int64_t n = blockIdx.x; n < st.rows; n += gridDim.x) eqnorm_rows::backward_row(l, st, ct, n, s, run);
 }
 
 template <typename A>
@@ -55,21 +47,18 @@ __global__ void parameter_rows(eqnorm_rows::LayoutView<A> l, const A* gw, const 
 int coefficient_blocks(int64_t rows) { return int(std::clamp<int64_t>(rows, 1, kMostBlocks)); }
 
 template <typename A>
-cudaError_t coefficients(const eqnorm_rows::LayoutView<A>& l, const A* mean, const A* m2, A positions, const A* counts,
-                         A eps, A* a, A* beta, int64_t rows, A* scratch, cudaStream_t stream) {
-  if (rows == 0 || l.C == 0) return cudaSuccess;
-  forward_rows<A><<<coefficient_blocks(rows), kThreads, 0, stream>>>(l, mean, m2, positions, counts, eps, a, beta,
-                                                                      rows, scratch);
+cudaError_t coefficients(const eqnorm_rows::LayoutView<A>& l, const eqnorm_rows::Statistics<A>& st, A* a, A* beta,
+                         A* scratch, cudaStream_t stream) {
+  if (st.rows == 0 || l.C == 0) return cudaSuccess;
+  forward_rows<A><<<coefficient_blocks(st.rows), kThreads, 0, stream>>>(l, st, a, beta, scratch);
   return cudaGetLastError();
 }
 
 template <typename A>
-cudaError_t coefficients_backward(const eqnorm_rows::LayoutView<A>& l, const A* mean, const A* m2, A positions,
-                                  const A* counts, A eps, const A* g_a, const A* g_beta, A* a, A* u, A* v, A* gw,
-                                  int64_t rows, A* scratch, cudaStream_t stream) {
-  if (rows == 0 || l.C == 0) return cudaSuccess;
-  backward_rows<A><<<coefficient_blocks(rows), kThreads, 0, stream>>>(l, mean, m2, positions, counts, eps, g_a,
-                                                                       g_beta, a, u, v, gw, rows, scratch);
+cudaError_t coefficients_backward(const eqnorm_rows::LayoutView<A>& l, const eqnorm_rows::Statistics<A>& st,
+                                  const eqnorm_rows::Cotangents<A>& ct, A* scratch, cudaStream_t stream) {
+  if (st.rows == 0 || l.C == 0) return cudaSuccess;
+  backward_rows<A><<<coefficient_blocks(st.rows), kThreads, 0, stream>>>(l, st, ct, scratch);
   return cudaGetLastError();
 }
 
@@ -82,10 +71,10 @@ cudaError_t parameter_gradients(const eqnorm_rows::LayoutView<A>& l, const A* gw
 }
 
 #define EQNORM_INSTANTIATE(A)                                                                                          \
-  template cudaError_t coefficients<A>(const eqnorm_rows::LayoutView<A>&, const A*, const A*, A, const A*, A, A*, A*, \
-                                       int64_t, A*, cudaStream_t);                                                     \
-  template cudaError_t coefficients_backward<A>(const eqnorm_rows::LayoutView<A>&, const A*, const A*, A, const A*,   \
-                                                A, const A*, const A*, A*, A*, A*, A*, int64_t, A*, cudaStream_t);    \
+  template cudaError_t coefficients<A>(const eqnorm_rows::LayoutView<A>&, const eqnorm_rows::Statistics<A>&, A*, A*,  \
+                                       A*, cudaStream_t);                                                              \
+  template cudaError_t coefficients_backward<A>(const eqnorm_rows::LayoutView<A>&, const eqnorm_rows::Statistics<A>&, \
+                                                const eqnorm_rows::Cotangents<A>&, A*, cudaStream_t);                 \
   template cudaError_t parameter_gradients<A>(const eqnorm_rows::LayoutView<A>&, const A*, const A*, A*, A*,          \
                                               cudaStream_t);
 EQNORM_INSTANTIATE(float)

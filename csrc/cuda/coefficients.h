@@ -14,16 +14,15 @@ template <typename A> int64_t coefficient_scratch(const eqnorm_rows::LayoutView<
   return coefficient_blocks(rows) * eqnorm_rows::Scratch<A>::size(l);
 }
 
-// a, beta (rows, C) from mean, m2 (rows, C) over `positions` values per row, or counts[n] for row n when counts is set.
+// a, beta (rows, C) from the statistics.
 template <typename A>
-cudaError_t coefficients(const eqnorm_rows::LayoutView<A>& l, const A* mean, const A* m2, A positions, const A* counts,
-                         A eps, A* a, A* beta, int64_t rows, A* scratch, cudaStream_t stream);
+cudaError_t coefficients(const eqnorm_rows::LayoutView<A>& l, const eqnorm_rows::Statistics<A>& st, A* a, A* beta,
+                         A* scratch, cudaStream_t stream);
 
-// a, u, v and the per-channel weight cotangent gw (rows, C) from g_a = sum dy x and g_beta = sum dy (rows, C).
+// a, u, v and gw from the statistics and g_a, g_beta.
 template <typename A>
-cudaError_t coefficients_backward(const eqnorm_rows::LayoutView<A>& l, const A* mean, const A* m2, A positions,
-                                  const A* counts, A eps, const A* g_a, const A* g_beta, A* a, A* u, A* v, A* gw,
-                                  int64_t rows, A* scratch, cudaStream_t stream);
+cudaError_t coefficients_backward(const eqnorm_rows::LayoutView<A>& l, const eqnorm_rows::Statistics<A>& st,
+                                  const eqnorm_rows::Cotangents<A>& ct, A* scratch, cudaStream_t stream);
 
 // dweight (F,) and dbias (NB,) from gw and g_beta summed over rows (C,).
 template <typename A>
