@@ -137,6 +137,18 @@ def _smooth_input(in_type: Any, batch: int, size: int, dtype: torch.dtype, gen: 
     return (x + torch.randn(shape[:2] + (1,) * dims, generator=gen, dtype=torch.float64) * (radius < 0.8)).to(dtype)
 
 
+def escnn_input(in_type: Any, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """The default input of an escnn module: 4 samples of smooth noise on a 17^2 (9^3) grid, or 4 points."""
+    return _smooth_input(in_type, 4, 17 if in_type.gspace.dimensionality == 2 else 9, dtype, gen)
+
+
+def e3nn_input(irreps: Any, dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """The default input of an e3nn module: 4 nodes of standard normal features."""
+    from e3nn import o3
+
+    return torch.randn(4, o3.Irreps(irreps).dim, generator=gen, dtype=torch.float64).to(dtype)
+
+
 def _mixes_positions(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tolerance: Tolerance) -> bool:
     """Whether the module couples positions (a convolution does; a norm pooling over all positions does not)."""
     if x.dim() <= 2:
@@ -221,9 +233,8 @@ def check_escnn(
     in_type, out_type = module.in_type, module.out_type
     gspace = in_type.gspace
     gen = torch.Generator().manual_seed(seed)
-    size = 17 if gspace.dimensionality == 2 else 9
     module.to(dtype)
-    x = _smooth_input(in_type, 4, size, dtype, gen) if x is None else x.to(dtype)
+    x = escnn_input(in_type, dtype, gen) if x is None else x.to(dtype)
 
     def run(t: torch.Tensor) -> torch.Tensor:
         return module(GeometricTensor(t, in_type)).tensor
@@ -340,7 +351,7 @@ def check_e3nn(
     irreps_in, irreps_out = o3.Irreps(module.irreps_in), o3.Irreps(module.irreps_out)
     gen = torch.Generator().manual_seed(seed)
     module.to(dtype)
-    x = torch.randn(4, irreps_in.dim, generator=gen, dtype=torch.float64).to(dtype) if x is None else x.to(dtype)
+    x = e3nn_input(irreps_in, dtype, gen) if x is None else x.to(dtype)
     extra = dict(inputs or {})
     graphs = _graph_of_node(extra, x.shape[0])
 

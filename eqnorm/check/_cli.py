@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ._checks import CheckResult, Tolerance, check_e3nn, check_escnn
+from ._checks import CheckResult, Tolerance, check_e3nn, check_escnn, e3nn_input, escnn_input
 from ._layers import LayerReport, check_layers
 from ._spaces import FIELD_NAMES, UsageError, field_type, gspace
 
@@ -250,34 +250,30 @@ def _irreps_dim(irreps: Any) -> int:
 def _run_once(
     module: Any, x: torch.Tensor | None, extra: dict[str, Any], escnn: bool, dtype: torch.dtype, seed: int
 ) -> None:
-    """The model once in eval mode on its input (or a random one), for the layer hooks."""
+    """The model once in eval mode on its input (or the default one the model checks used), for the layer hooks."""
     gen = torch.Generator().manual_seed(seed)
     module.eval()
     if escnn:
         from escnn.nn import GeometricTensor
 
-        from ._checks import _smooth_input
-
-        t = _smooth_input(module.in_type, 4, 17 if module.in_type.gspace.dimensionality == 2 else 9, dtype, gen)
-        t = t if x is None else x
-        module(GeometricTensor(t.to(dtype), module.in_type))
+        t = escnn_input(module.in_type, dtype, gen) if x is None else x.to(dtype)
+        module(GeometricTensor(t, module.in_type))
     else:
-        t = torch.randn(4, _irreps_dim(module.irreps_in), generator=gen, dtype=torch.float64)
-        module((t if x is None else x).to(dtype), **extra)
+        module((e3nn_input(module.irreps_in, dtype, gen) if x is None else x).to(dtype), **extra)
 
 
 def _first_failure(report: Report) -> str:
+    def where(r: CheckResult) -> str:
+        m = next(m for m in r.measurements if m.passed is False)
+        return (
+            f"{r.name} [{r.mode}] at element {m.element}, max abs error {m.abs_error:.3e}, relative {m.rel_error:.3e}"
+        )
+
     for layer in report.layers:
         for r in layer.results:
             if not r.passed:
-                m = next(m for m in r.measurements if m.passed is False)
-                return (
-                    f"first failing layer {layer.name!r} ({layer.kind}): {r.name} [{r.mode}] at element {m.element}, "
-                    f"max abs error {m.abs_error:.3e}, relative {m.rel_error:.3e}"
-                )
-    r = next(r for r in report.results if not r.passed)
-    m = next(m for m in r.measurements if m.passed is False)
-    return f"{r.name} [{r.mode}] at element {m.element}, max abs error {m.abs_error:.3e}, relative {m.rel_error:.3e}"
+                return f"first failing layer {layer.name!r} ({layer.kind}): {where(r)}"
+    return where(next(r for r in report.results if not r.passed))
 
 
 def summary(report: Report) -> str:
