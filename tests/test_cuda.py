@@ -8,15 +8,15 @@ import os
 import pytest
 import torch
 import torch._dynamo.testing
+from test_ops import LAYOUT, parameters
 
 import eqnorm
-from eqnorm import FieldLayout, FieldNorm, _ops
+from eqnorm import FieldNorm, _ops
 from eqnorm.batch_norm import BatchFieldNorm
 from eqnorm.functional import field_group_norm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-LAYOUT = FieldLayout([["s", "v"], ["s"], ["v"], ["s", "s"]], {"s": 1, "v": 2}, {"s"}, [0, 1, 0, 1])
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
 
 
@@ -24,13 +24,6 @@ def poison_allocator() -> None:
     """Fill free cached blocks with NaN so that an output element the kernels never write shows up as NaN."""
     junk = torch.full((64 << 20,), float("nan"), device="cuda")
     del junk
-
-
-def parameters(dtype=torch.float64):
-    gen = torch.Generator().manual_seed(1)
-    w = torch.rand(LAYOUT.num_fields, generator=gen, dtype=torch.float64) + 0.5
-    b = torch.randn(LAYOUT.num_trivial, generator=gen, dtype=torch.float64)
-    return w.cuda().to(dtype), b.cuda().to(dtype)
 
 
 def long_rows():
@@ -55,7 +48,7 @@ def test_extension_has_cuda_kernels():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 def test_long_rows_match_the_float64_reference(dtype):
-    w64, b64 = parameters()
+    w64, b64 = parameters("cuda")
     t = list(LAYOUT.tensors_on("cuda"))
     for name, x64, last, ptr, batch in long_rows():
         x = x64.to(dtype).requires_grad_()
@@ -84,7 +77,7 @@ def test_long_rows_match_the_float64_reference(dtype):
 def test_results_do_not_depend_on_scheduling():
     """No atomics: the same input gives bit-identical statistics and gradients on every run."""
     x = (torch.randn(2, 8, 300_001, device="cuda") * 3 + 2).requires_grad_()
-    w, b = (p.float().requires_grad_() for p in parameters())
+    w, b = (p.float().requires_grad_() for p in parameters("cuda"))
     runs = []
     for _ in range(3):
         y = field_group_norm(x, LAYOUT, w, b)
@@ -95,7 +88,7 @@ def test_results_do_not_depend_on_scheduling():
 
 
 def test_gradgradcheck_on_cuda():
-    w, b = (p.requires_grad_() for p in parameters())
+    w, b = (p.requires_grad_() for p in parameters("cuda"))
     x = (torch.randn(2, 8, 3, 2, device="cuda", dtype=torch.float64) * 2 + 1).requires_grad_()
     for memory in (torch.contiguous_format, torch.channels_last):
         xm = x.detach().to(memory_format=memory).requires_grad_()
@@ -188,7 +181,7 @@ def test_forward_and_backward_capture_in_a_cuda_graph():
 
 def test_tensors_on_mixed_devices_are_refused():
     x = torch.randn(2, 8, 5, device="cuda")
-    w, b = parameters(torch.float32)
+    w, b = parameters("cuda", torch.float32)
     with pytest.raises(RuntimeError, match=r"layout .* is on cpu but x is on cuda"):
         torch.ops.eqnorm.field_norm(x, w, b, list(LAYOUT.tensors), None, False, False, 1e-5)
     with pytest.raises(RuntimeError, match="weight is on cpu but x is on cuda"):
