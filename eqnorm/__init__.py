@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from . import functional
 from ._ops import kernel_backend
 from .batch_norm import convert_sync_batchnorm
+from .convert import Replacement, convert_norms
 from .layout import FieldLayout
 from .module import FieldNorm
 
@@ -24,7 +25,9 @@ __all__ = [
     "FieldLayerNorm",
     "FieldLayout",
     "FieldNorm",
+    "Replacement",
     "__version__",
+    "convert_norms",
     "convert_sync_batchnorm",
     "functional",
     "kernel_backend",

@@ -81,7 +81,7 @@ def statistics_shape(x: torch.Tensor, channels_last: bool, ptr: torch.Tensor | N
     return x.shape[0], x.shape[2 if channels_last else 1]
 
 
-def _tracing(x: torch.Tensor) -> bool:
+def is_tracing(x: torch.Tensor) -> bool:
     """True while torch.compile, torch.export or a fake-tensor trace runs: data-dependent checks must wait."""
     from torch._subclasses.fake_tensor import is_fake
 
@@ -91,7 +91,7 @@ def _tracing(x: torch.Tensor) -> bool:
 def check_ptr(ptr: torch.Tensor, rows: int | torch.SymInt) -> None:
     """``ValueError`` unless ``ptr`` runs from 0 to ``rows`` without decreasing (checked in eager mode; the compiled
     op checks it itself)."""
-    if _tracing(ptr):
+    if is_tracing(ptr):
         return
     if ptr.dim() != 1 or ptr.dtype != torch.long or ptr.numel() < 1:
         raise ValueError(f"ptr must be 1D int64 offsets, got shape {tuple(ptr.shape)} and dtype {ptr.dtype}")

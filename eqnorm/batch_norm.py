@@ -3,6 +3,7 @@ and e3nn batch-norm layers; and ``convert_sync_batchnorm``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -14,7 +15,14 @@ from .functional import check_input, field_norm
 from .layout import FieldLayout
 from .module import LayoutModule
 
-__all__ = ["BatchFieldNorm", "convert_sync_batchnorm"]
+__all__ = ["BatchFieldNorm", "batch_grouping", "convert_sync_batchnorm"]
+
+
+def batch_grouping(num_groups: int | None, group_by: str | Sequence[int] | None) -> str | Sequence[int]:
+    """The batch norms' ``group_by``: as given, else one field per group, or contiguous groups if ``num_groups``."""
+    if group_by is not None:
+        return group_by
+    return "field" if num_groups is None else "contiguous"
 
 
 class BatchFieldNorm(LayoutModule):
@@ -24,11 +32,14 @@ class BatchFieldNorm(LayoutModule):
     every process when ``sync``), gradients through them. Running averages of the centering vector (on trivial irreps:
     invariant) and of the unbiased group variances, as ``torch.nn.BatchNorm2d`` keeps them, are used in eval mode:
     :math:`y = w (x - \bar{\mathrm{cen}}) / \sqrt{\bar\sigma^2 + \epsilon} + b`.
+
+    As ``torch.nn.BatchNorm2d``: ``momentum``, ``track_running_stats`` (if False, the ``running_*`` buffers and
+    ``num_batches_tracked`` are registered as ``None``), ``reset_running_stats()`` and ``reset_parameters()``.
     """
 
-    running_cen: torch.Tensor
-    running_var: torch.Tensor
-    num_batches_tracked: torch.Tensor
+    running_cen: torch.Tensor | None
+    running_var: torch.Tensor | None
+    num_batches_tracked: torch.Tensor | None
 
     def __init__(
         self,
@@ -38,6 +49,7 @@ class BatchFieldNorm(LayoutModule):
         affine: bool = True,
         track_running_stats: bool = True,
         process_group: Any = None,
+        bias: bool = True,
     ) -> None:
         if layout.centering == "all" and track_running_stats:
             raise ValueError(
@@ -46,15 +58,29 @@ class BatchFieldNorm(LayoutModule):
             )
         if momentum is not None and not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
-        super().__init__(layout, eps, affine)
+        super().__init__(layout, eps, affine, bias)
         self.momentum = momentum
         self.sync = False
         self.process_group = process_group
         self.track_running_stats = track_running_stats
-        if track_running_stats:
-            self.register_buffer("running_cen", torch.zeros(layout.num_channels))
-            self.register_buffer("running_var", torch.ones(layout.num_groups))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        tracked = track_running_stats
+        self.register_buffer("running_cen", torch.zeros(layout.num_channels) if tracked else None)
+        self.register_buffer("running_var", torch.ones(layout.num_groups) if tracked else None)
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long) if tracked else None)
+
+    def reset_running_stats(self) -> None:
+        """Running centering vector to zeros, running variances to ones, ``num_batches_tracked`` to 0."""
+        if self.track_running_stats:
+            assert self.running_cen is not None and self.running_var is not None
+            assert self.num_batches_tracked is not None
+            self.running_cen.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """The running statistics and the affine parameters as at construction."""
+        self.reset_running_stats()
+        super().reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.layout)
@@ -83,6 +109,7 @@ class BatchFieldNorm(LayoutModule):
     ) -> torch.Tensor:
         t = self.layout_tensors
         acc = accumulation_dtype(x.dtype)
+        assert self.running_cen is not None and self.running_var is not None
         a = weight.to(acc)[t.field_of_channel] * torch.rsqrt(self.running_var.to(acc) + self.eps)[t.group_of_channel]
         beta = channel_bias(bias.to(acc), t, self.layout.num_channels) - a * self.running_cen.to(acc)
         shape = (1, -1) + (1,) * (x.dim() - 2)
@@ -91,13 +118,17 @@ class BatchFieldNorm(LayoutModule):
     @torch.no_grad()
     def _update_running_statistics(self, mean: torch.Tensor, m2: torch.Tensor, positions: int) -> None:
         cen, var = running_statistics(mean, m2, self.layout_tensors, positions, self.sync, self.process_group)
+        assert self.running_cen is not None and self.running_var is not None
+        assert self.num_batches_tracked is not None
         self.num_batches_tracked += 1
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         self.running_cen.lerp_(cen.to(self.running_cen.dtype), factor)
         self.running_var.lerp_(var.to(self.running_var.dtype), factor)
 
-    def extra_repr(self) -> str:
-        return f"{self.layout}, eps={self.eps}, momentum={self.momentum}, sync={self.sync}"
+    def settings_repr(self) -> str:
+        sync = ", sync=True" if self.sync else ""
+        tracked = f"track_running_stats={self.track_running_stats}"
+        return f"{super().settings_repr()}, momentum={self.momentum}, {tracked}{sync}"
 
 
 def convert_sync_batchnorm(module: torch.nn.Module, process_group: Any = None) -> torch.nn.Module:

@@ -90,9 +90,11 @@ def running_statistics(
     mean: torch.Tensor, m2: torch.Tensor, t: LayoutTensors, positions: int, sync: bool, process_group: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The batch's centering vector ``(C,)`` and unbiased variance per group ``(G,)``, for the running averages:
-    :math:`\sigma^2_{\mathrm{unbiased}} = \sigma^2 \, n D_\gamma / (n D_\gamma - 1)`."""
+    :math:`\sigma^2_{\mathrm{unbiased}} = \sigma^2 \, n D_\gamma / (n D_\gamma - 1)`, :math:`D_\gamma` the group's
+    channels whatever the layout's normalization."""
     total, mu, spread = global_moments(mean, m2, positions, sync, process_group)
     cen = center(mu.unsqueeze(0), t)
     biased = group_variance(mu.unsqueeze(0), spread.unsqueeze(0), cen, total, t)[0]
-    values = total * t.group_size.to(mean.dtype)
+    channels = torch.bincount(t.group_of_channel, minlength=t.group_size.shape[0]).to(mean.dtype)
+    values = total * channels
     return cen[0], biased * values / (values - 1).clamp(min=1)

@@ -12,9 +12,18 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["CENTERINGS", "FieldLayout", "LayoutOperators", "LayoutTensors", "contiguous_groups"]
+__all__ = [
+    "CENTERINGS",
+    "NORMALIZATIONS",
+    "FieldLayout",
+    "LayoutOperators",
+    "LayoutTensors",
+    "contiguous_groups",
+    "default_num_groups",
+]
 
 CENTERINGS = ("trivial", "all", "none")
+NORMALIZATIONS = ("component", "norm")
 
 #: Largest ``max |Q Q^T - I|`` accepted for a change of basis; escnn's bases are orthogonal to ~1e-15.
 ORTHOGONALITY_TOLERANCE = 1e-8
@@ -54,7 +63,9 @@ class LayoutTensors(NamedTuple):
     With ``C`` channels, ``G`` groups, ``L`` centering coordinates (one per irrep coordinate of a (group, irrep type)
     class), ``K`` basis entries and ``B`` bias entries:
 
-    - ``field_of_channel``, ``group_of_channel`` ``(C,)`` int64; ``group_size`` ``(G,)`` float: :math:`D_\gamma`.
+    - ``field_of_channel``, ``group_of_channel`` ``(C,)`` int64; ``group_size`` ``(G,)`` float: the divisor of the
+      group's sum of squares per position, :math:`D_\gamma` channels (or :math:`F_\gamma` fields when the layout's
+      ``normalization`` is ``"norm"``).
     - ``center_channel``, ``center_class`` ``(K,)`` int64 and ``center_value`` ``(K,)`` float: the nonzero entries
       :math:`v_k` of the classes' orthonormal basis vectors; ``class_scale`` ``(L,)``: one over the copies of a class.
       Then :math:`z_l = s_l \sum_{k:\,l_k = l} v_k m_{c_k}` and :math:`\mathrm{cen}_c = \sum_{k:\,c_k = c} v_k z_{l_k}`,
@@ -77,16 +88,41 @@ class LayoutTensors(NamedTuple):
     bias_value: torch.Tensor
 
 
-def contiguous_groups(num_fields: int, num_groups: int | None) -> list[int]:
+def default_num_groups(field_sizes: Sequence[int]) -> int:
+    r"""The number of groups ``num_groups=None`` picks: whole fields, about 16 channels per group, at most 32 groups.
+
+    Wu & He found group normalization flat between about 8 and 32 groups, and 16 channels per group a good choice;
+    here a group is made of whole fields, so this is the largest divisor of the number of fields :math:`F` not above
+    :math:`\min(32, \operatorname{round}(C / 16))` (at least 1), with :math:`C` the channels.
+
+    >>> default_num_groups([8] * 16)  # 16 C8 regular fields, 128 channels: 8 groups of 2 fields (16 channels)
+    8
+    >>> default_num_groups([3] * 10)  # 10 vectors, 30 channels: 2 groups of 5 (15 channels)
+    2
+    """
+    target = max(1, min(32, round(sum(field_sizes) / 16)))
+    return max(d for d in range(1, target + 1) if len(field_sizes) % d == 0)
+
+
+def check_num_groups(num_groups: Any) -> None:
+    """``ValueError`` unless ``num_groups`` is None or a positive integer."""
+    if num_groups is None:
+        return
+    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)) or num_groups <= 0:
+        raise ValueError(
+            f"num_groups must be a positive integer (a number of groups of whole fields), got {num_groups!r}"
+        )
+
+
+def contiguous_groups(num_fields: int, num_groups: int) -> list[int]:
     """Group index of each field when ``num_groups`` groups take consecutive, equally many fields.
 
     >>> contiguous_groups(6, 3)
     [0, 0, 1, 1, 2, 2]
     """
+    check_num_groups(num_groups)
     if num_groups is None:
-        raise ValueError("group_by='contiguous' needs num_groups (the number of groups of consecutive fields)")
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups <= 0:
-        raise ValueError(f"num_groups must be a positive integer, got {num_groups!r}")
+        raise ValueError("contiguous groups need num_groups")
     if num_fields % num_groups:
         raise ValueError(
             f"num_groups={num_groups} does not divide the {num_fields} fields; groups are made of whole fields, "
@@ -139,6 +175,10 @@ class FieldLayout:
         ``channel_order[c]`` holds channel ``c`` of the fields laid end to end (e.g. cuEquivariance's ``ir_mul``).
     centering
         ``"trivial"``, ``"all"`` or ``"none"``.
+    normalization
+        ``"component"``: :math:`\sigma^2` is the mean square per channel (divided by :math:`D_\gamma`, the group's
+        channels); ``"norm"``: per field (divided by :math:`F_\gamma`, the group's fields), as e3nn's
+        ``BatchNorm(normalization="norm")``, so a field of dimension :math:`d` has :math:`d` times the variance.
     field_names
         Optional names used in error messages.
 
@@ -161,9 +201,13 @@ class FieldLayout:
         centering: str = "trivial",
         field_names: Sequence[str] | None = None,
         channel_order: Sequence[int] | None = None,
+        normalization: str = "component",
     ) -> None:
         if centering not in CENTERINGS:
             raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        self.normalization = normalization
         if len(field_irreps) == 0:
             raise ValueError("a layout needs at least one field")
         self.centering = centering
@@ -237,11 +281,13 @@ class FieldLayout:
         num_groups: int | None = None,
         group_by: str | Sequence[int] = "contiguous",
         centering: str = "trivial",
+        normalization: str = "component",
     ) -> FieldLayout:
         """Layout of an escnn ``FieldType``: one field per representation, components from ``rep.irreps``.
 
-        ``group_by`` is ``"contiguous"`` (``num_groups`` groups of consecutive fields), ``"representation"`` (one group
-        per distinct representation), ``"field"`` (one field per group) or a sequence of group ids, one per field.
+        ``group_by`` is ``"contiguous"`` (``num_groups`` groups of consecutive fields; ``None``:
+        :func:`default_num_groups`), ``"representation"`` (one group per distinct representation), ``"field"`` (one
+        field per group) or a sequence of group ids, one per field.
         """
         reps = getattr(field_type, "representations", None)
         if reps is None:
@@ -251,14 +297,16 @@ class FieldLayout:
         dims = {key: group.irrep(*key).size for field in irreps for key in field}
         trivial = {key for key in dims if group.irrep(*key).is_trivial()}
         names = [f"field {i} ({rep.name})" for i, rep in enumerate(reps)]
+        check_num_groups(num_groups)
         if group_by == "representation":
             if num_groups is not None:
                 raise ValueError("group_by='representation' sets the groups itself; leave num_groups as None")
             groups = [rep.name for rep in reps]
             ids: list[int] = [groups.index(name) for name in groups]
         else:
-            ids = resolve_groups(len(reps), num_groups, group_by)
-        return cls(irreps, dims, trivial, ids, [rep.change_of_basis for rep in reps], centering, names)
+            ids = resolve_groups([rep.size for rep in reps], num_groups, group_by)
+        bases = [rep.change_of_basis for rep in reps]
+        return cls(irreps, dims, trivial, ids, bases, centering, names, normalization=normalization)
 
     @classmethod
     def from_irreps(
@@ -268,6 +316,7 @@ class FieldLayout:
         group_by: str | Sequence[int] = "contiguous",
         centering: str = "trivial",
         layout: str = "mul_ir",
+        normalization: str = "component",
     ) -> FieldLayout:
         """Layout of an e3nn ``Irreps``: every irrep copy is a field; only ``0e`` is trivial.
 
@@ -286,12 +335,13 @@ class FieldLayout:
             raise ValueError("irreps must hold at least one irrep copy")
         dims: dict[Hashable, int] = {key: 2 * key[0] + 1 for key in copies}
         names = [f"copy {i} ({l}{'e' if p == 1 else 'o'})" for i, (l, p) in enumerate(copies)]
+        check_num_groups(num_groups)
         if group_by == "irrep":
             if num_groups is not None:
                 raise ValueError("group_by='irrep' sets the groups itself; leave num_groups as None")
             ids = [sorted(set(copies)).index(key) for key in copies]
         else:
-            ids = resolve_groups(len(copies), num_groups, group_by)
+            ids = resolve_groups([dims[key] for key in copies], num_groups, group_by)
         order = None
         if layout == "ir_mul":
             order, offset = [], 0
@@ -299,7 +349,7 @@ class FieldLayout:
                 d = 2 * l + 1
                 order += [offset + m * mul + u for u in range(mul) for m in range(d)]
                 offset += mul * d
-        return cls([[key] for key in copies], dims, {(0, 1)}, ids, None, centering, names, order)
+        return cls([[key] for key in copies], dims, {(0, 1)}, ids, None, centering, names, order, normalization)
 
     @classmethod
     def scalars(cls, num_channels: int, num_groups: int, centering: str = "trivial") -> FieldLayout:
@@ -339,7 +389,7 @@ class FieldLayout:
         return LayoutTensors(
             ops.field_of_channel,
             ops.group_of_channel,
-            ops.group_size,
+            self._variance_divisor(ops.group_size),
             torch.from_numpy(np.ascontiguousarray(channel)).long(),
             torch.from_numpy(np.ascontiguousarray(cls)).long(),
             torch.from_numpy(basis[channel, cls].copy()),
@@ -348,6 +398,12 @@ class FieldLayout:
             torch.from_numpy(np.ascontiguousarray(bias_index)).long(),
             ops.bias_basis[bias_channel, bias_index].contiguous(),
         )
+
+    def _variance_divisor(self, channels_per_group: torch.Tensor) -> torch.Tensor:
+        """:math:`D_\\gamma` (channels) or, with ``normalization="norm"``, :math:`F_\\gamma` (fields) per group."""
+        if self.normalization == "component":
+            return channels_per_group
+        return torch.bincount(torch.tensor(self.groups), minlength=self.num_groups).double()
 
     def _build_operators(self) -> LayoutOperators:
         C, G = self.num_channels, self.num_groups
@@ -418,18 +474,27 @@ class FieldLayout:
         return center_in, center_out, bias_basis
 
     def __repr__(self) -> str:
+        norm = "" if self.normalization == "component" else f", normalization={self.normalization!r}"
         return (
             f"FieldLayout(channels={self.num_channels}, fields={self.num_fields}, groups={self.num_groups}, "
-            f"centering={self.centering!r})"
+            f"centering={self.centering!r}{norm})"
         )
 
 
-def resolve_groups(num_fields: int, num_groups: int | None, group_by: str | Sequence[int]) -> list[int]:
-    """Group id of each field for ``group_by`` in ``"contiguous"``, ``"field"`` or an explicit sequence of ids."""
+def resolve_groups(field_sizes: Sequence[int], num_groups: int | None, group_by: str | Sequence[int]) -> list[int]:
+    """Group id of each field for ``group_by`` in ``"contiguous"`` (``num_groups`` None: :func:`default_num_groups`),
+    ``"field"`` or an explicit sequence of ids; a ``num_groups`` that contradicts ``group_by`` is refused."""
+    check_num_groups(num_groups)
+    num_fields = len(field_sizes)
     if isinstance(group_by, str):
         if group_by == "contiguous":
-            return contiguous_groups(num_fields, num_groups)
+            return contiguous_groups(num_fields, default_num_groups(field_sizes) if num_groups is None else num_groups)
         if group_by == "field":
+            if num_groups is not None and num_groups != num_fields:
+                raise ValueError(
+                    f"group_by='field' makes one group per field ({num_fields} groups) but num_groups={num_groups}; "
+                    "leave num_groups as None or use group_by='contiguous'"
+                )
             return list(range(num_fields))
         raise ValueError(
             f"group_by must be 'contiguous', 'representation', 'field' or a sequence of group ids, got {group_by!r}"

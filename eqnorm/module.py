@@ -18,8 +18,11 @@ _LAYOUT_KEYS = tuple(f"layout_{name}" for name in LayoutTensors._fields)
 class LayoutModule(torch.nn.Module):
     r"""A module over the fields of a :class:`~eqnorm.FieldLayout`: its :class:`~eqnorm.layout.LayoutTensors` are
     non-persistent buffers (they move with ``.to()``, ``torch.export`` sees them as buffers, checkpoints do not carry
-    them), and the parameters ``weight`` ``(F,)`` (init 1) and ``bias`` ``(T,)`` (init 0), or constant buffers of
-    ones and zeros when not ``affine``.
+    them), and the parameters ``weight`` ``(F,)`` (init 1) and ``bias`` ``(T,)`` (init 0).
+
+    As in ``torch.nn.GroupNorm``: ``affine=False`` registers ``weight`` and ``bias`` as ``None`` (no parameters),
+    ``bias=False`` only ``bias``; the op then reads constant buffers of ones and zeros. The attributes ``num_groups``,
+    ``num_channels``, ``num_fields``, ``eps`` and ``affine`` say what the module computes.
 
     The floating layout entries stay float64 whatever ``.to(dtype)``, ``.half()`` or ``.double()`` do to the module:
     the ops read them in the accumulation dtype of the input.
@@ -30,21 +33,41 @@ class LayoutModule(torch.nn.Module):
     unit_weight: torch.Tensor
     zero_bias: torch.Tensor
 
-    def __init__(self, layout: FieldLayout, eps: float, affine: bool) -> None:
+    def __init__(self, layout: FieldLayout, eps: float, affine: bool, bias: bool = True) -> None:
         super().__init__()
         if not isinstance(layout, FieldLayout):
             raise TypeError(f"expected a FieldLayout, got {type(layout).__name__}")
         self.layout = layout
         self.eps = check_eps(eps)
+        self.affine = bool(affine)
         for name, tensor in zip(LayoutTensors._fields, layout.tensors, strict=True):
             self.register_buffer(f"layout_{name}", tensor.clone(), persistent=False)
-        if affine:
-            self.weight = torch.nn.Parameter(torch.ones(layout.num_fields))
-            self.bias = torch.nn.Parameter(torch.zeros(layout.num_trivial))
-        else:
-            self.weight = self.bias = None
-            self.register_buffer("unit_weight", torch.ones(layout.num_fields), persistent=False)
-            self.register_buffer("zero_bias", torch.zeros(layout.num_trivial), persistent=False)
+        self.register_buffer("unit_weight", torch.ones(layout.num_fields), persistent=False)
+        self.register_buffer("zero_bias", torch.zeros(layout.num_trivial), persistent=False)
+        # registered even when None, as torch.nn.GroupNorm does: load_state_dict and named_parameters agree with it
+        self.register_parameter("weight", torch.nn.Parameter(torch.ones(layout.num_fields)) if affine else None)
+        self.register_parameter(
+            "bias", torch.nn.Parameter(torch.zeros(layout.num_trivial)) if affine and bias else None
+        )
+
+    @property
+    def num_groups(self) -> int:
+        return self.layout.num_groups
+
+    @property
+    def num_channels(self) -> int:
+        return self.layout.num_channels
+
+    @property
+    def num_fields(self) -> int:
+        return self.layout.num_fields
+
+    def reset_parameters(self) -> None:
+        """``weight`` to ones and ``bias`` to zeros, as at construction."""
+        if self.weight is not None:
+            torch.nn.init.ones_(self.weight)
+        if self.bias is not None:
+            torch.nn.init.zeros_(self.bias)
 
     @property
     def layout_tensors(self) -> LayoutTensors:
@@ -53,11 +76,12 @@ class LayoutModule(torch.nn.Module):
 
     def parameters_or_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(weight, bias)`` as the op takes them."""
-        params = self._parameters  # straight from the dicts, as layout_tensors: this runs on every call
+        params, buffers = self._parameters, self._buffers  # straight from the dicts: this runs on every call
         weight, bias = params.get("weight"), params.get("bias")
-        if weight is None or bias is None:
-            return self._buffers["unit_weight"], self._buffers["zero_bias"]  # type: ignore[return-value]
-        return weight, bias
+        return (
+            buffers["unit_weight"] if weight is None else weight,  # type: ignore[return-value]
+            buffers["zero_bias"] if bias is None else bias,
+        )
 
     def _apply(self, fn: Any, recurse: bool = True) -> LayoutModule:
         super()._apply(fn, recurse)
@@ -66,6 +90,16 @@ class LayoutModule(torch.nn.Module):
             if current.dtype != master.dtype:
                 setattr(self, f"layout_{name}", master.to(current.device))
         return self
+
+    def settings_repr(self) -> str:
+        """``"num_groups=4, eps=1e-05, affine=True"``: the settings a one-line ``repr`` shows after the fields."""
+        bias = "" if not self.affine or self.bias is not None else ", bias=False"
+        norm = "" if self.layout.normalization == "component" else f", normalization={self.layout.normalization!r}"
+        centering = "" if self.layout.centering == "trivial" else f", centering={self.layout.centering!r}"
+        return f"num_groups={self.num_groups}{centering}{norm}, eps={self.eps}, affine={self.affine}{bias}"
+
+    def extra_repr(self) -> str:
+        return f"{self.layout.num_fields} fields ({self.layout.num_channels} channels), {self.settings_repr()}"
 
 
 class FieldNorm(LayoutModule):
@@ -87,6 +121,8 @@ class FieldNorm(LayoutModule):
         Added to the variance.
     affine
         Learn ``weight`` ``(num_fields,)`` (init 1) and ``bias`` ``(num_trivial,)`` (init 0).
+    bias
+        With ``affine``, learn ``bias`` too (``torch.nn.GroupNorm``'s ``bias``).
 
     Examples
     --------
@@ -95,14 +131,11 @@ class FieldNorm(LayoutModule):
     torch.Size([2, 8, 4, 4])
     """
 
-    def __init__(self, layout: FieldLayout, eps: float = 1e-5, affine: bool = True) -> None:
-        super().__init__(layout, eps, affine)
+    def __init__(self, layout: FieldLayout, eps: float = 1e-5, affine: bool = True, bias: bool = True) -> None:
+        super().__init__(layout, eps, affine, bias)
 
     def forward(self, x: torch.Tensor, ptr: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(N, C, *spatial)``, or ``(positions, C)`` with segment offsets ``ptr``."""
         check_input(x, self.layout)
         weight, bias = self.parameters_or_constants()
         return field_norm(x, weight, bias, self.layout_tensors, self.eps, ptr=ptr)[0]
-
-    def extra_repr(self) -> str:
-        return f"{self.layout}, eps={self.eps}, affine={self.weight is not None}"

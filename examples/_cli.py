@@ -75,6 +75,17 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     print(f"wrote {path}")
 
 
+def distinct_style(i: int) -> dict[str, Any]:
+    """Line style of the ``i``-th curve of a panel: markers that shrink and dashes that differ, so curves that coincide
+    (equivariant layers at 1e-16, configurations that keep all of a signal) stay visible one under the other."""
+    return {
+        "marker": "osD^vx<>"[i % 8],
+        "markersize": max(3.0, 10 - 1.3 * i),
+        "linestyle": ("-", "--", ":", "-.")[i % 4],
+        "alpha": 0.85,
+    }
+
+
 def save_figure(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import matplotlib.pyplot as plt
 import torch
-from _cli import finish, parse_args, save_figure, write_csv
+from _cli import distinct_style, finish, parse_args, save_figure, write_csv
 from _digits import rotated_digits
 from _steerable import GSPACE, regular
 from escnn import nn
@@ -100,15 +100,23 @@ def main() -> None:
         (axes[0], "fiber_error", "fiber action only (no interpolation)"),
         (axes[1], "full_error", "rotated image, inside the disc"),
     ):
-        for name in names:
+        for i, name in enumerate(names):
             pts = [(r["angle_deg"], max(r[kind], 1e-17)) for r in rows if r["norm"] == name]
-            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+            ax.plot(*zip(*pts, strict=True), label=name, **distinct_style(i))
         ax.set_yscale("log")
         ax.set_xticks(range(0, 360, 45))
         ax.set_xlabel("rotation angle (degrees)")
         ax.set_title(title)
+        ax.legend(fontsize=7)
+    for angle in range(45, 360, 90):
+        axes[1].axvspan(angle - 8, angle + 8, color="0.9", zorder=0)
+    axes[1].annotate(
+        "shaded: off-grid angles,\nthe image is interpolated\n(error of the input itself)",
+        xy=(135, 1e-3),
+        ha="center",
+        fontsize=7,
+    )
     axes[0].set_ylabel("max relative error (floored at 1e-17)")
-    axes[1].legend(fontsize=8)
     save_figure(fig, args.out / "equivariance_vs_angle.png")
 
     print("\n| norm | fiber error, worst angle | full error, 90/180/270 deg | full error, 45/135/... deg |")

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import matplotlib.pyplot as plt
 import torch
-from _cli import finish, parse_args, save_figure, write_csv
+from _cli import distinct_style, finish, parse_args, save_figure, write_csv
 from _steerable import GSPACE
 from escnn import nn
 
@@ -86,17 +86,18 @@ def main() -> None:
     write_csv(args.out / "mixed_variance.csv", rows)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name in CONFIGS:
+    for i, name in enumerate(CONFIGS):
         mine = [r for r in rows if r["config"] == name]
-        axes[0].plot([r["ratio"] for r in mine], [r["b_scale"] for r in mine], marker="o", label=name)
-        axes[1].plot([r["ratio"] for r in mine], [r["b_r2"] for r in mine], marker="o", label=name)
+        ratios = [r["ratio"] for r in mine]
+        axes[0].plot(ratios, [r["b_scale"] for r in mine], label=name, **distinct_style(i))
+        axes[1].plot(ratios, [r["b_r2"] for r in mine], label=name, **distinct_style(i))
     axes[0].set_yscale("log")
-    axes[0].set_ylabel("std of the quiet field's output")
-    axes[1].set_ylabel(f"R^2 of the quiet field after noise {NOISE}")
+    axes[0].set_ylabel(r"$\sigma$ of the quiet field's output")
+    axes[1].set_ylabel(rf"$R^2$ of the quiet field after noise $\sigma = {NOISE}$")
     for ax in axes:
         ax.set_xscale("log")
-        ax.set_xlabel("sigma_A / sigma_B (loud / quiet field scale)")
-    axes[1].legend(fontsize=8)
+        ax.set_xlabel(r"$\sigma_A / \sigma_B$ (loud / quiet field scale)")
+        ax.legend(fontsize=8)
     save_figure(fig, args.out / "mixed_variance.png")
 
     print("\n| configuration | B output std at 10^3 | B signal kept (R^2) at 10 | at 10^2 | at 10^3 |")

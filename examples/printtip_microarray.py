@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 from _cli import finish, mean_std, parse_args, progress, save_figure, write_csv
+from matplotlib.lines import Line2D
 from statsmodels.nonparametric.smoothers_lowess import lowess
 
 TIPS = 16  # a 4x4 grid of print tips
@@ -111,15 +112,18 @@ def main() -> None:
 
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharey="row")
     colors = plt.get_cmap("tab20")(np.arange(TIPS) % 20)
+    tips = [Line2D([], [], ls="", marker="o", ms=4, color=colors[t], label=f"tip {t + 1}") for t in range(TIPS)]
     for col, method in enumerate(METHODS):
         ax = axes[0, col]
         ax.scatter(sample.a, first[method], c=colors[sample.tip], s=3, alpha=0.6)
-        ax.axhline(0, color="k", lw=0.8)
+        zero = ax.axhline(0, color="k", lw=0.8, label="M = 0")
         ax.set_title(method)
         ax.set_xlabel("A = mean log2 intensity")
+        ax.legend(handles=[*tips, zero], fontsize=5, ncol=3, loc="lower right")
         axes[1, col].boxplot([first[method][sample.tip == t] for t in range(TIPS)], showfliers=False)
-        axes[1, col].axhline(0, color="k", lw=0.8)
+        axes[1, col].axhline(0, color="k", lw=0.8, label="M = 0")
         axes[1, col].set_xlabel("print tip")
+        axes[1, col].legend(fontsize=7, loc="upper right")
     axes[0, 0].set_ylabel("M = log2 ratio (colour: print tip)")
     axes[1, 0].set_ylabel("M by print tip")
     save_figure(fig, args.out / "printtip_ma_plots.png")

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from strategies import layout_of, specs
 
 from eqnorm import FieldLayout
-from eqnorm.layout import contiguous_groups, resolve_groups
+from eqnorm.layout import contiguous_groups, default_num_groups, resolve_groups
 
 
 @given(spec=specs(), centering=st.sampled_from(["trivial", "all", "none"]))
@@ -49,16 +49,39 @@ def test_operators_are_cached_per_dtype_and_device():
 
 def test_groups():
     assert contiguous_groups(6, 2) == [0, 0, 0, 1, 1, 1]
-    assert resolve_groups(4, None, [7, 3, 7, 3]) == [0, 1, 0, 1]
-    assert resolve_groups(3, None, "field") == [0, 1, 2]
+    assert resolve_groups([1] * 4, None, [7, 3, 7, 3]) == [0, 1, 0, 1]
+    assert resolve_groups([1] * 3, None, "field") == [0, 1, 2]
+    assert resolve_groups([1] * 3, 3, "field") == [0, 1, 2]
     with pytest.raises(ValueError, match="does not divide"):
         contiguous_groups(6, 4)
     with pytest.raises(ValueError, match="positive integer"):
         contiguous_groups(6, 0)
     with pytest.raises(ValueError, match="names 2 distinct groups"):
-        resolve_groups(4, 3, [0, 1, 0, 1])
+        resolve_groups([1] * 4, 3, [0, 1, 0, 1])
     with pytest.raises(ValueError, match="integers"):
-        resolve_groups(2, None, [0.5, 1])
+        resolve_groups([1] * 2, None, [0.5, 1])
+    with pytest.raises(ValueError, match="group_by='field' makes one group per field"):
+        resolve_groups([1] * 3, 2, "field")
+    with pytest.raises(ValueError, match=r"num_groups must be a positive integer.*got 0\.001"):
+        resolve_groups([1] * 3, 1e-3, "field")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field_sizes", "expected"),
+    [
+        ([8] * 16, 8),  # 128 channels: 8 groups of 16 channels
+        ([8] * 128, 32),  # 1024 channels: capped at 32 groups
+        ([3] * 10, 2),  # 30 channels: round(30 / 16) = 2 groups of 5 vectors
+        ([4] * 7, 1),  # 7 fields, target 2: no divisor but 1, a field is never split
+        ([1] * 8, 1),  # few channels: one group
+        ([8] * 12 + [1] * 12, 6),  # 108 channels: target 7, largest divisor of 24 fields not above it
+    ],
+)
+def test_default_num_groups_follows_wu_and_he_and_never_splits_a_field(field_sizes, expected):
+    groups = default_num_groups(field_sizes)
+    assert groups == expected
+    assert len(field_sizes) % groups == 0
+    assert resolve_groups(field_sizes, None, "contiguous") == contiguous_groups(len(field_sizes), expected)
 
 
 @pytest.mark.parametrize(

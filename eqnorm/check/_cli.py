@@ -69,24 +69,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_groups(num_fields: int, num_channels: int) -> int:
-    """Whole fields, about 16 channels per group, at most 32 groups: the largest divisor of the number of fields not
-    above ``min(32, round(channels / 16))``."""
-    target = max(1, min(32, round(num_channels / 16)))
-    return max(d for d in range(1, target + 1) if num_fields % d == 0)
-
-
 def _layer(args: argparse.Namespace, notes: list[str]) -> Any:
     from ..escnn import FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm
 
     ft = field_type(gspace(args.group, args.spatial), args.fields)
     try:
         if args.layer == "group":
-            groups = args.groups
-            if groups is None:
-                groups = default_groups(len(ft), ft.size)
-                notes.append(f"--groups not given: {groups} groups of whole fields (about 16 channels per group)")
-            return FieldGroupNorm(ft, groups, centering=args.centering)
+            layer = FieldGroupNorm(ft, args.groups, centering=args.centering)
+            if args.groups is None:
+                notes.append(f"--groups not given: {layer.num_groups} groups of whole fields (about 16 channels each)")
+            return layer
         return (FieldLayerNorm if args.layer == "layer" else FieldInstanceNorm)(ft, centering=args.centering)
     except (TypeError, ValueError) as error:
         raise UsageError(str(error)) from None

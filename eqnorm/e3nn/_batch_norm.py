@@ -5,16 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
-from ..batch_norm import BatchFieldNorm
+from ..batch_norm import BatchFieldNorm, batch_grouping
 from ..layout import FieldLayout
-from ._irreps import check_features, parse_irreps
+from ._irreps import IrrepsModule, check_features, parse_irreps
 
 __all__ = ["IrrepsBatchNorm"]
 
 
-class IrrepsBatchNorm(torch.nn.Module):
+class IrrepsBatchNorm(IrrepsModule):
     r"""Equivariant batch normalization of e3nn features ``x`` ``(..., dim)``: statistics over every leading index
     (batch, nodes, points), every irrep copy a field, only ``0e`` centered and biased.
 
@@ -23,17 +24,26 @@ class IrrepsBatchNorm(torch.nn.Module):
         y_{pc} = \frac{w_{i(c)}}{\sqrt{\sigma^2_\gamma + \epsilon}}\,(x_{pc} - \mu_c) + b_c,
 
     with :math:`\sigma^2_\gamma` the mean square, over all positions and the group's channels, after centering; with
-    one copy per group (the default) this is e3nn's ``BatchNorm(normalization="component")`` in training. Running
+    one copy per group (the default) this is e3nn's ``BatchNorm`` in training, with the same ``normalization``
+    (``"component"``: :math:`\sigma^2` a mean over the group's channels; ``"norm"``: over its copies). Running
     averages follow torch (unbiased variance) and are used in eval mode; :func:`eqnorm.convert_sync_batchnorm`
     synchronises the statistics across processes.
+
+    As e3nn's ``BatchNorm``: ``weight`` ``(num_irreps,)``, ``bias`` (one per ``0e`` copy), ``running_mean`` (one per
+    ``0e`` copy) and ``running_var`` (one per group: per copy by default), and ``eps``, ``momentum``, ``affine``,
+    ``normalization``; as ``torch.nn.BatchNorm1d``: ``track_running_stats``, ``reset_running_stats()``,
+    ``reset_parameters()``. ``num_groups`` alone gives contiguous groups of copies.
     """
+
+    norm: BatchFieldNorm
+    scalar_channels: torch.Tensor
 
     def __init__(
         self,
         irreps: Any,
         num_groups: int | None = None,
         *,
-        group_by: str | Sequence[int] = "field",
+        group_by: str | Sequence[int] | None = None,
         centering: str = "trivial",
         eps: float = 1e-5,
         momentum: float | None = 0.1,
@@ -41,13 +51,56 @@ class IrrepsBatchNorm(torch.nn.Module):
         track_running_stats: bool = True,
         process_group: Any = None,
         layout: str = "mul_ir",
+        normalization: str = "component",
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.irreps_in = self.irreps_out = parse_irreps(irreps)
         self.dim = int(self.irreps_in.dim)
-        fields = FieldLayout.from_irreps(self.irreps_in, num_groups, group_by, centering, layout)
-        self.norm = BatchFieldNorm(fields, eps, momentum, affine, track_running_stats, process_group)
+        grouping = batch_grouping(num_groups, group_by)
+        fields = FieldLayout.from_irreps(self.irreps_in, num_groups, grouping, centering, layout, normalization)
+        self.norm = BatchFieldNorm(fields, eps, momentum, affine, track_running_stats, process_group, bias)
+        self.register_buffer(
+            "scalar_channels", torch.tensor(_scalar_channels(fields), dtype=torch.long), persistent=False
+        )
+
+    @property
+    def momentum(self) -> float | None:
+        return self.norm.momentum
+
+    @momentum.setter
+    def momentum(self, value: float | None) -> None:
+        self.norm.momentum = value
+
+    @property
+    def track_running_stats(self) -> bool:
+        return self.norm.track_running_stats
+
+    @property
+    def running_mean(self) -> torch.Tensor | None:
+        """Running mean of each ``0e`` copy, as e3nn's ``BatchNorm.running_mean`` (a copy: ``running_cen`` holds it)."""
+        cen = self.norm.running_cen
+        return None if cen is None else cen[self.scalar_channels]
+
+    @property
+    def running_var(self) -> torch.Tensor | None:
+        """Running unbiased variance per group (per copy by default), as e3nn's ``BatchNorm.running_var``."""
+        return self.norm.running_var
+
+    def reset_running_stats(self) -> None:
+        self.norm.reset_running_stats()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_features(x, self.dim)
         return self.norm(x.reshape(-1, self.dim)).reshape(x.shape)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.irreps_in}, {self.norm.settings_repr()})"
+
+
+def _scalar_channels(layout: FieldLayout) -> list[int]:
+    """The tensor channel of each ``0e`` copy, in order of copies."""
+    order = layout.channel_order
+    starts = np.cumsum([0, *layout.field_sizes[:-1]])
+    channels = [int(start) for start, irreps in zip(starts, layout.field_irreps, strict=True) if irreps[0] == (0, 1)]
+    return channels if order is None else [int(order[c]) for c in channels]

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from .._ops import check_ptr
+from .._ops import check_ptr, is_tracing
 from ..layout import FieldLayout
 from ..module import FieldNorm
-from ._irreps import check_features, parse_irreps
+from ._irreps import IrrepsModule, check_features, parse_irreps
 
 __all__ = ["IrrepsGroupNorm", "IrrepsLayerNorm"]
 
@@ -45,7 +45,7 @@ def segment_offsets(
         raise ValueError(f"batch must be {num_nodes} int64 graph indices, got shape {tuple(batch.shape)} {batch.dtype}")
     if num_graphs is not None and (isinstance(num_graphs, bool) or not isinstance(num_graphs, (int, torch.SymInt))):
         raise TypeError(f"num_graphs must be an int, got {type(num_graphs).__name__}")
-    if not torch.compiler.is_compiling() and num_nodes:
+    if not is_tracing(batch) and num_nodes:  # data checks need real values: not under compile, export or make_fx
         if bool((batch.diff() < 0).any()) or int(batch[0]) < 0:
             raise ValueError("batch must be sorted and non-negative (nodes grouped by graph); sort the nodes first")
         if num_graphs is not None and int(batch[-1]) >= num_graphs:
@@ -57,7 +57,7 @@ def segment_offsets(
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
-class IrrepsGroupNorm(torch.nn.Module):
+class IrrepsGroupNorm(IrrepsModule):
     r"""Equivariant group normalization of e3nn features: every irrep copy is a field, groups are made of copies.
 
     For a group :math:`\gamma` of copies, over the positions :math:`p` the statistics pool (the channels of one node,
@@ -78,7 +78,8 @@ class IrrepsGroupNorm(torch.nn.Module):
     irreps
         The e3nn irreps of the input (and output).
     num_groups
-        Number of groups with ``group_by="contiguous"``; must divide the number of copies.
+        Number of groups with ``group_by="contiguous"``; must divide the number of copies. ``None``: whole copies with
+        about 16 channels per group, at most 32 groups (:func:`eqnorm.layout.default_num_groups`).
     group_by
         ``"contiguous"``, ``"irrep"`` (one group per irrep type: per-degree-and-parity statistics), ``"field"`` (one
         copy per group) or one group id per copy.
@@ -87,6 +88,11 @@ class IrrepsGroupNorm(torch.nn.Module):
         cloud. ``"graph"``: ``x`` ``(num_nodes, dim)`` with ``batch`` or ``ptr``, statistics per graph (ragged).
     layout
         ``"mul_ir"`` (e3nn) or ``"ir_mul"`` (cuEquivariance).
+    normalization
+        ``"component"`` (:math:`D_\gamma` channels, as above) or ``"norm"`` (divide by the group's copies instead, as
+        e3nn's ``BatchNorm(normalization="norm")``).
+    eps, affine, bias
+        As ``torch.nn.GroupNorm``: ``weight`` one per copy, ``bias`` one per ``0e`` copy.
 
     Examples
     --------
@@ -107,6 +113,8 @@ class IrrepsGroupNorm(torch.nn.Module):
         eps: float = 1e-5,
         affine: bool = True,
         layout: str = "mul_ir",
+        normalization: str = "component",
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.irreps_in = self.irreps_out = parse_irreps(irreps)
@@ -114,19 +122,8 @@ class IrrepsGroupNorm(torch.nn.Module):
             raise ValueError(f"over must be one of {OVER}, got {over!r}")
         self.over = over
         self.dim = int(self.irreps_in.dim)  # a plain int: compiled code should not trace into Irreps
-        self.norm = FieldNorm(
-            FieldLayout.from_irreps(self.irreps_in, num_groups, group_by, centering, layout), eps, affine
-        )
-
-    @property
-    def weight(self) -> torch.nn.Parameter | None:
-        """One scale per irrep copy."""
-        return self.norm.weight
-
-    @property
-    def bias(self) -> torch.nn.Parameter | None:
-        """One bias per ``0e`` copy."""
-        return self.norm.bias
+        fields = FieldLayout.from_irreps(self.irreps_in, num_groups, group_by, centering, layout, normalization)
+        self.norm = FieldNorm(fields, eps, affine, bias)
 
     def forward(
         self,
@@ -150,8 +147,8 @@ class IrrepsGroupNorm(torch.nn.Module):
             raise ValueError(f"over='graph' expects (num_nodes, {dim}), got {tuple(x.shape)}")
         return self.norm(x, ptr=segment_offsets(x.shape[0], batch, ptr, x.device, num_graphs))
 
-    def extra_repr(self) -> str:
-        return f"{self.irreps_in}, over={self.over!r}, {self.norm.extra_repr()}"
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.irreps_in}, over={self.over!r}, {self.norm.settings_repr()})"
 
 
 class IrrepsLayerNorm(IrrepsGroupNorm):
@@ -170,5 +167,17 @@ class IrrepsLayerNorm(IrrepsGroupNorm):
         eps: float = 1e-5,
         affine: bool = True,
         layout: str = "mul_ir",
+        normalization: str = "component",
+        bias: bool = True,
     ) -> None:
-        super().__init__(irreps, 1, over=over, centering=centering, eps=eps, affine=affine, layout=layout)
+        super().__init__(
+            irreps,
+            1,
+            over=over,
+            centering=centering,
+            eps=eps,
+            affine=affine,
+            layout=layout,
+            normalization=normalization,
+            bias=bias,
+        )

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from escnn.nn import FieldType
 
-from ..batch_norm import BatchFieldNorm
+from ..batch_norm import BatchFieldNorm, batch_grouping
 from ..layout import FieldLayout
-from ._field_module import FieldModule
+from ._field_module import FieldModule, check_field_type
 
 __all__ = ["FieldBatchNorm"]
 
@@ -40,13 +40,16 @@ class FieldBatchNorm(FieldModule):
     in_type
         The field type of the input (and output).
     num_groups, group_by, centering
-        As :class:`FieldGroupNorm`, with ``group_by="field"`` the default.
+        As :class:`FieldGroupNorm`; by default one field per group (``group_by="field"``), or ``num_groups`` groups of
+        consecutive fields when ``num_groups`` is given.
     momentum
         Running-average factor, or ``None`` for the cumulative average.
     track_running_stats
         Keep running statistics and use them in eval mode; if False, batch statistics are always used.
     process_group
         Synchronise the statistics over this ``torch.distributed`` group (see :func:`convert_sync_batchnorm`).
+    affine, bias, eps
+        As :class:`FieldGroupNorm`.
     """
 
     norm: BatchFieldNorm
@@ -57,41 +60,43 @@ class FieldBatchNorm(FieldModule):
         in_type: FieldType,
         num_groups: int | None = None,
         *,
-        group_by: str | Sequence[int] = "field",
+        group_by: str | Sequence[int] | None = None,
         centering: str = "trivial",
         eps: float = 1e-5,
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
         process_group: Any = None,
+        bias: bool = True,
     ) -> None:
-        if not isinstance(in_type, FieldType):
-            raise TypeError(f"in_type must be an escnn FieldType, got {type(in_type).__name__}")
+        check_field_type(in_type)
         super().__init__()
         self.in_type = self.out_type = in_type
-        layout = FieldLayout.from_field_type(in_type, num_groups, group_by, centering)
-        self.norm = BatchFieldNorm(layout, eps, momentum, affine, track_running_stats, process_group)
+        layout = FieldLayout.from_field_type(in_type, num_groups, batch_grouping(num_groups, group_by), centering)
+        self.norm = BatchFieldNorm(layout, eps, momentum, affine, track_running_stats, process_group, bias)
 
     @property
-    def weight(self) -> torch.nn.Parameter | None:
-        return self.norm.weight
+    def momentum(self) -> float | None:
+        return self.norm.momentum
+
+    @momentum.setter
+    def momentum(self, value: float | None) -> None:
+        self.norm.momentum = value
 
     @property
-    def bias(self) -> torch.nn.Parameter | None:
-        return self.norm.bias
+    def track_running_stats(self) -> bool:
+        return self.norm.track_running_stats
 
     @property
-    def running_cen(self) -> torch.Tensor:
+    def running_cen(self) -> torch.Tensor | None:
         """Running centering vector ``(C,)``: nonzero on trivial irreps only."""
         return self.norm.running_cen
 
     @property
-    def running_var(self) -> torch.Tensor:
+    def running_var(self) -> torch.Tensor | None:
         """Running unbiased variance per group ``(G,)``."""
         return self.norm.running_var
 
-    def export(self) -> BatchFieldNorm:
-        """A plain :class:`~eqnorm.batch_norm.BatchFieldNorm` computing the same function, no escnn inside."""
-        import copy
-
-        return copy.deepcopy(self.norm).train(self.training)
+    def reset_running_stats(self) -> None:
+        """As ``torch.nn.BatchNorm2d.reset_running_stats``."""
+        self.norm.reset_running_stats()

@@ -3,25 +3,95 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import torch
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
+from ..layout import FieldLayout
+from ..module import LayoutModule
 from ._equivariance import Measurement, assert_within, equivariance_errors, grid_elements, random_input, sample_elements
 
-__all__ = ["FieldModule"]
+__all__ = ["FieldModule", "check_field_type", "describe_field_type"]
+
+
+def describe_field_type(field_type: FieldType) -> str:
+    """``"16 C8 regular fields"``, ``"4 D4 regular + 2 D4 irrep_0,0 fields"``: a field type in a few words."""
+    group = field_type.fibergroup.name
+    counts = Counter(rep.name for rep in field_type.representations)
+    plural = "field" if len(field_type) == 1 else "fields"
+    return " + ".join(f"{n} {group} {name}" for name, n in counts.items()) + f" {plural}"
+
+
+def check_field_type(in_type: object) -> None:
+    """``TypeError`` unless ``in_type`` is an escnn ``FieldType``: the one positional argument every layer shares."""
+    if not isinstance(in_type, FieldType):
+        raise TypeError(f"in_type must be an escnn FieldType, got {type(in_type).__name__}")
 
 
 class FieldModule(EquivariantModule):
-    r"""An escnn ``EquivariantModule`` wrapping ``self.norm``, a plain module on ``(N, C, *spatial)`` tensors.
+    r"""An escnn ``EquivariantModule`` wrapping ``self.norm``, a plain :class:`~eqnorm.module.LayoutModule` on
+    ``(N, C, *spatial)`` tensors.
 
     :math:`y = \mathrm{norm}(x)` on the tensor of a ``GeometricTensor`` of type ``in_type``; the output has the same
-    field type. Subclasses set ``in_type``, ``out_type`` and ``norm``.
+    field type. Subclasses set ``in_type``, ``out_type`` and ``norm``. The attributes of ``torch.nn.GroupNorm``
+    (``num_groups``, ``num_channels``, ``eps``, ``affine``, ``weight``, ``bias``, ``reset_parameters()``) read and
+    act on ``norm``; ``repr`` is one line.
     """
 
     in_type: FieldType
     out_type: FieldType
-    norm: torch.nn.Module
+    norm: LayoutModule
+
+    @property
+    def layout(self) -> FieldLayout:
+        """The :class:`~eqnorm.FieldLayout`: fields, irreps and groups of ``in_type``."""
+        return self.norm.layout
+
+    @property
+    def weight(self) -> torch.nn.Parameter | None:
+        """One scale per field, shape ``(num_fields,)``; ``None`` unless ``affine``."""
+        return self.norm.weight
+
+    @property
+    def bias(self) -> torch.nn.Parameter | None:
+        """One bias per trivial irrep copy, shape ``(num_trivial,)``; ``None`` unless ``affine`` and ``bias``."""
+        return self.norm.bias
+
+    @property
+    def num_groups(self) -> int:
+        return self.norm.num_groups
+
+    @property
+    def num_channels(self) -> int:
+        return self.norm.num_channels
+
+    @property
+    def affine(self) -> bool:
+        return self.norm.affine
+
+    @property
+    def eps(self) -> float:
+        return self.norm.eps
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self.norm.eps = value
+
+    def reset_parameters(self) -> None:
+        """As ``torch.nn.GroupNorm.reset_parameters`` (and the running statistics of a batch norm)."""
+        self.norm.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return f"{describe_field_type(self.in_type)}, {self.norm.settings_repr()}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def export(self) -> LayoutModule:
+        """A plain module computing the same function with no escnn object inside, in eval mode as escnn's
+        ``export()`` returns its modules."""
+        return copy.deepcopy(self.norm).eval()
 
     def forward(self, input: GeometricTensor) -> GeometricTensor:
         """Normalize ``input``, which must be a ``GeometricTensor`` of type ``in_type``; returns the same type."""

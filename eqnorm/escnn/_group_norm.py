@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
-import torch
 from escnn.nn import FieldType
 
 from ..layout import FieldLayout
 from ..module import FieldNorm
-from ._field_module import FieldModule
+from ._field_module import FieldModule, check_field_type
 
 __all__ = ["FieldGroupNorm", "FieldInstanceNorm", "FieldLayerNorm"]
 
@@ -42,7 +40,8 @@ class FieldGroupNorm(FieldModule):
     in_type
         The field type of the input (and output).
     num_groups
-        Number of groups with ``group_by="contiguous"``; must divide the number of fields.
+        Number of groups with ``group_by="contiguous"``; must divide the number of fields. ``None``: whole fields with
+        about 16 channels per group, at most 32 groups (:func:`eqnorm.layout.default_num_groups`).
     group_by
         ``"contiguous"``, ``"representation"`` (one group per distinct representation), or one group id per field.
     centering
@@ -51,9 +50,12 @@ class FieldGroupNorm(FieldModule):
         Added to the variance.
     affine
         Learn a weight per field (init 1) and a bias per trivial irrep copy (init 0).
+    bias
+        With ``affine``, learn the bias too.
 
     Examples
     --------
+    >>> import torch
     >>> from escnn import gspaces, nn
     >>> gs = gspaces.rot2dOnR2(8)
     >>> ft = nn.FieldType(gs, 4 * [gs.regular_repr] + 2 * [gs.trivial_repr])
@@ -73,31 +75,14 @@ class FieldGroupNorm(FieldModule):
         centering: str = "trivial",
         eps: float = 1e-5,
         affine: bool = True,
+        bias: bool = True,
     ) -> None:
-        if not isinstance(in_type, FieldType):
-            raise TypeError(f"in_type must be an escnn FieldType, got {type(in_type).__name__}")
+        check_field_type(in_type)
         super().__init__()
         self.in_type = in_type
         self.out_type = in_type
-        self.norm = FieldNorm(FieldLayout.from_field_type(in_type, num_groups, group_by, centering), eps, affine)
-
-    @property
-    def layout(self) -> FieldLayout:
-        return self.norm.layout
-
-    @property
-    def weight(self) -> torch.nn.Parameter | None:
-        """One scale per field, shape ``(num_fields,)``."""
-        return self.norm.weight
-
-    @property
-    def bias(self) -> torch.nn.Parameter | None:
-        """One bias per trivial irrep copy, shape ``(num_trivial,)``."""
-        return self.norm.bias
-
-    def export(self) -> FieldNorm:
-        """A plain :class:`~eqnorm.FieldNorm` computing the same function, with no escnn object inside."""
-        return copy.deepcopy(self.norm).train(self.training)
+        layout = FieldLayout.from_field_type(in_type, num_groups, group_by, centering)
+        self.norm = FieldNorm(layout, eps, affine, bias)
 
 
 class FieldLayerNorm(FieldGroupNorm):
@@ -108,9 +93,15 @@ class FieldLayerNorm(FieldGroupNorm):
     """
 
     def __init__(
-        self, in_type: FieldType, *, centering: str = "trivial", eps: float = 1e-5, affine: bool = True
+        self,
+        in_type: FieldType,
+        *,
+        centering: str = "trivial",
+        eps: float = 1e-5,
+        affine: bool = True,
+        bias: bool = True,
     ) -> None:
-        super().__init__(in_type, 1, group_by="contiguous", centering=centering, eps=eps, affine=affine)
+        super().__init__(in_type, 1, group_by="contiguous", centering=centering, eps=eps, affine=affine, bias=bias)
 
 
 class FieldInstanceNorm(FieldGroupNorm):
@@ -121,6 +112,12 @@ class FieldInstanceNorm(FieldGroupNorm):
     """
 
     def __init__(
-        self, in_type: FieldType, *, centering: str = "trivial", eps: float = 1e-5, affine: bool = True
+        self,
+        in_type: FieldType,
+        *,
+        centering: str = "trivial",
+        eps: float = 1e-5,
+        affine: bool = True,
+        bias: bool = True,
     ) -> None:
-        super().__init__(in_type, group_by="field", centering=centering, eps=eps, affine=affine)
+        super().__init__(in_type, group_by="field", centering=centering, eps=eps, affine=affine, bias=bias)

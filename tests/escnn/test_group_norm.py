@@ -6,7 +6,7 @@ import torch
 from escnn import group, gspaces, nn
 
 import eqnorm
-from eqnorm import FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm
+from eqnorm import FieldBatchNorm, FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm
 from eqnorm.escnn import equivariance_errors, grid_elements, random_input, sample_elements
 
 
@@ -282,7 +282,9 @@ def test_non_orthogonal_representation_is_refused():
     [
         (lambda ft: FieldGroupNorm("not a field type", 1), TypeError, "FieldType"),
         (lambda ft: FieldGroupNorm(ft, 5), ValueError, "does not divide"),
-        (lambda ft: FieldGroupNorm(ft), ValueError, "needs num_groups"),
+        (lambda ft: FieldGroupNorm(ft, 2.0), ValueError, "num_groups must be a positive integer"),
+        (lambda ft: FieldBatchNorm(ft, 1e-3), ValueError, "num_groups must be a positive integer.*0.001"),
+        (lambda ft: FieldGroupNorm(ft, 3, group_by="field"), ValueError, "one group per field"),
         (lambda ft: FieldGroupNorm(ft, 2, centering="mean"), ValueError, "centering"),
         (lambda ft: FieldGroupNorm(ft, 2, group_by="channel"), ValueError, "group_by"),
         (lambda ft: FieldGroupNorm(ft, group_by=[0, 1]), ValueError, "group ids"),

@@ -1,0 +1,370 @@
+r"""``convert_norms``: swap the batch norms of an escnn or e3nn model for eqnorm layers over the same fields.
+
+Every source layer is read as the same three things, whatever its own parametrisation:
+
+- a scale per field :math:`w_i` (a scalar multiplying the whole field after normalization),
+- a bias vector :math:`\beta \in \mathbb{R}^C` in channel coordinates, on the trivial irreps only,
+- for ``norm="batch"``, a running mean vector :math:`\mu \in \mathbb{R}^C` and a running variance per field.
+
+eqnorm's bias is :math:`b = V^\top \beta` with :math:`V` the orthonormal trivial basis vectors (``bias_value``), exact
+when :math:`\beta` lies on the trivial irreps; its running centering vector is :math:`K \mu` (the centering operator).
+Where a source keeps something eqnorm cannot hold (a scale per irrep that differs within a field, a running variance
+per irrep, a variance reduced with ``max``), it is not carried and the :class:`Replacement` says so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .coefficients import center
+from .layout import FieldLayout
+
+__all__ = ["NORMS", "Replacement", "convert_norms"]
+
+NORMS = ("group", "layer", "instance", "batch")
+
+
+@dataclass
+class Replacement:
+    """One layer ``convert_norms`` replaced: where (``name``, dotted as in ``named_modules``), what by what, what it
+    carried over (``"weight"``, ``"bias"``, ``"running_cen"``, ``"running_var"``) and why anything else was not."""
+
+    name: str
+    old: str
+    new: torch.nn.Module
+    carried: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        carried = ", ".join(self.carried) or "nothing"
+        notes = "".join(f"; {note}" for note in self.notes)
+        return f"{self.name or '<model>'}: {self.old} -> {self.new!r} (carried {carried}{notes})"
+
+
+@dataclass
+class _Source:
+    """A source layer read in channel coordinates; ``None`` where it holds no such thing."""
+
+    affine: bool
+    eps: float
+    momentum: float | None
+    track_running_stats: bool
+    field_weight: torch.Tensor | None = None
+    channel_bias: torch.Tensor | None = None
+    channel_mean: torch.Tensor | None = None
+    field_var: torch.Tensor | None = None
+    notes: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def convert_norms(
+    model: torch.nn.Module, norm: str = "group", num_groups: int | None = None, **options: Any
+) -> tuple[torch.nn.Module, list[Replacement]]:
+    r"""Replace, in place, every escnn ``InnerBatchNorm``, ``IIDBatchNorm1d/2d/3d``, ``NormBatchNorm``,
+    ``GNormBatchNorm``, ``InducedNormBatchNorm`` and e3nn ``BatchNorm`` in ``model`` by the eqnorm layer over the same
+    field type or irreps.
+
+    ``norm`` picks the layer: ``"group"`` (:class:`~eqnorm.FieldGroupNorm`, :class:`~eqnorm.e3nn.IrrepsGroupNorm`
+    per node), ``"layer"``, ``"instance"`` (one field or copy per group) or ``"batch"``
+    (:class:`~eqnorm.FieldBatchNorm`, :class:`~eqnorm.e3nn.IrrepsBatchNorm`). ``num_groups`` (``None``: whole fields
+    of about 16 channels, :func:`eqnorm.layout.default_num_groups`) and ``options`` go to every new layer; ``eps``,
+    ``affine``, ``momentum`` and e3nn's ``normalization`` and ``include_bias`` follow the old layer unless given.
+
+    The affine parameters are carried over where the parametrisation is the same (one scale per field, a bias on the
+    trivial irreps), and with ``"batch"`` the running statistics: the old layer's bias :math:`\beta` and running mean
+    :math:`\mu`, read in channel coordinates, become :math:`b = V^\top \beta` (:math:`V` the orthonormal trivial basis
+    vectors) and :math:`\bar{\mathrm{cen}} = K \mu` (the centering operator). The training mode and the device and
+    dtype of the old layer are kept. Works at any depth (``SequentialModule``, ``ModuleDict``, nested blocks) and on
+    ``model`` itself. Returns ``(model, replacements)``; ``model`` is a new object only when ``model`` itself was a
+    batch norm.
+
+    Load an old checkpoint into the original model first, then convert: the parameters and statistics come with it.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    readers = _readers()
+    replacements: list[Replacement] = []
+    targets = [(name, module) for name, module in model.named_modules() if type(module) in readers]
+    for name, old in targets:
+        source = readers[type(old)](old)
+        new = _build(old, source, norm, num_groups, options)
+        carried = _carry(source, new)
+        if old.training is False:
+            new.eval()
+        _to_like(new, old)
+        replacements.append(Replacement(name, type(old).__name__, new, carried, source.notes))
+        if name == "":
+            model = new
+        else:
+            parent_name, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), attribute, new)
+    return model, replacements
+
+
+def _to_like(new: torch.nn.Module, old: torch.nn.Module) -> None:
+    tensor = next(_tensors(old), None)
+    if tensor is not None:
+        new.to(device=tensor.device, dtype=tensor.dtype if tensor.is_floating_point() else None)
+
+
+def _tensors(module: torch.nn.Module) -> Iterator[torch.Tensor]:
+    yield from module.parameters()
+    yield from (b for b in module.buffers() if b.is_floating_point())
+
+
+def _build(old: Any, source: _Source, norm: str, num_groups: int | None, options: dict[str, Any]) -> Any:
+    settings = {"eps": source.eps, "affine": source.affine, **source.options, **options}
+    is_e3nn = hasattr(old, "irreps")
+    if norm == "batch":
+        settings = {"momentum": source.momentum, "track_running_stats": source.track_running_stats, **settings}
+    else:
+        settings.pop("momentum", None)
+        settings.pop("track_running_stats", None)
+    if is_e3nn:
+        from .e3nn import IrrepsBatchNorm, IrrepsGroupNorm, IrrepsLayerNorm
+
+        irreps = old.irreps
+        if norm == "batch":
+            return IrrepsBatchNorm(irreps, num_groups, **settings)
+        if norm == "layer":
+            return IrrepsLayerNorm(irreps, **settings)
+        if norm == "instance":
+            return IrrepsGroupNorm(irreps, num_groups, group_by="field", **settings)
+        return IrrepsGroupNorm(irreps, num_groups, **settings)
+    from .escnn import FieldBatchNorm, FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm
+
+    settings.pop("normalization", None)
+    if norm == "batch":
+        return FieldBatchNorm(old.in_type, num_groups, **settings)
+    if norm == "layer":
+        return FieldLayerNorm(old.in_type, **settings)
+    if norm == "instance":
+        return FieldInstanceNorm(old.in_type, **settings)
+    return FieldGroupNorm(old.in_type, num_groups, **settings)
+
+
+@torch.no_grad()
+def _carry(source: _Source, new: Any) -> list[str]:
+    """Copy what the source holds into ``new`` where it means the same; returns what was copied."""
+    inner = new.norm
+    layout: FieldLayout = inner.layout
+    t = inner.layout_tensors
+    carried = []
+    if inner.weight is not None and source.field_weight is not None:
+        inner.weight.copy_(source.field_weight.to(inner.weight))
+        carried.append("weight")
+    if inner.bias is not None and source.channel_bias is not None:
+        beta = source.channel_bias.double()
+        bias = torch.zeros(layout.num_trivial, dtype=torch.float64).index_add_(
+            0, t.bias_index, t.bias_value * beta[t.bias_channel]
+        )
+        rebuilt = torch.zeros_like(beta).index_add_(0, t.bias_channel, t.bias_value * bias[t.bias_index])
+        if torch.allclose(rebuilt, beta, atol=1e-6):
+            inner.bias.copy_(bias.to(inner.bias))
+            carried.append("bias")
+        else:
+            source.notes.append("bias not carried: it has components off the trivial irreps")
+    if getattr(inner, "track_running_stats", False):
+        if source.channel_mean is not None:
+            cen = center(source.channel_mean.double().unsqueeze(0), t)[0]
+            inner.running_cen.copy_(cen.to(inner.running_cen))
+            carried.append("running_cen")
+        if source.field_var is not None:
+            if layout.groups == list(range(layout.num_fields)):
+                inner.running_var.copy_(source.field_var.to(inner.running_var))
+                carried.append("running_var")
+            else:
+                source.notes.append("running_var not carried: the new groups are not one field each")
+    return carried
+
+
+def _readers() -> dict[type, Callable[[Any], _Source]]:
+    """The convertible classes of the installed libraries and how to read each."""
+    readers: dict[type, Callable[[Any], _Source]] = {}
+    if importlib.util.find_spec("escnn") is not None:
+        from escnn import nn
+
+        readers[nn.InnerBatchNorm] = _read_inner
+        for cls in (nn.IIDBatchNorm1d, nn.IIDBatchNorm2d, nn.IIDBatchNorm3d):
+            readers[cls] = _read_iid
+        readers[nn.GNormBatchNorm] = _read_gnorm
+        readers[nn.NormBatchNorm] = _read_norm
+        readers[nn.InducedNormBatchNorm] = _read_induced_norm
+    if importlib.util.find_spec("e3nn") is not None:
+        from e3nn.nn import BatchNorm
+
+        readers[BatchNorm] = _read_e3nn
+    return readers
+
+
+def _settings(m: Any, track_running_stats: bool = True) -> _Source:
+    return _Source(m.affine, m.eps, m.momentum, getattr(m, "track_running_stats", track_running_stats))
+
+
+def _fields(m: Any, kind: Callable[[Any], Hashable] = lambda rep: rep.name) -> Iterator[tuple[int, int, Any, slice]]:
+    """``(field, index among the fields of its kind, representation, channels)`` for every field of ``m.in_type``;
+    escnn's batch norms keep their parameters per kind (representation name, or size) in order of appearance."""
+    seen: dict[Hashable, int] = {}
+    start = 0
+    for i, rep in enumerate(m.in_type.representations):
+        k = seen.get(kind(rep), 0)
+        seen[kind(rep)] = k + 1
+        yield i, k, rep, slice(start, start + rep.size)
+        start += rep.size
+
+
+def _escape(name: str) -> str:
+    return name.replace(".", "^")  # escnn's own escaping of representation names in parameter names
+
+
+def _empty(m: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    fields, channels = len(m.in_type), m.in_type.size
+    return torch.ones(fields), torch.zeros(channels), torch.zeros(channels), torch.ones(fields)
+
+
+def _read_inner(m: Any) -> _Source:
+    """escnn ``InnerBatchNorm``: a ``torch.nn.BatchNorm3d`` per field size over ``(fields, channels of a field)``; its
+    per-field bias and mean are constant over the field's channels, i.e. on the trivial irrep."""
+    source = _settings(m)
+    weight, bias, mean, var = _empty(m)
+    for i, k, rep, channels in _fields(m, lambda rep: rep.size):
+        bn = getattr(m, f"batch_norm_[{rep.size}]")
+        if bn.affine:
+            weight[i] = bn.weight[k]
+            bias[channels] = bn.bias[k]
+        if bn.track_running_stats:
+            mean[channels] = bn.running_mean[k]
+            var[i] = bn.running_var[k]
+    _fill(source, m, weight, bias, mean, var)
+    return source
+
+
+def _fill(
+    source: _Source, m: Any, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
+) -> None:
+    if source.affine:
+        source.field_weight, source.channel_bias = weight, bias
+    if source.track_running_stats:
+        source.channel_mean, source.field_var = mean, var
+
+
+def _read_iid(m: Any) -> _Source:
+    """escnn ``IIDBatchNorm``: a weight per field, a bias per trivial irrep in the field's basis, a running mean per
+    channel and a running variance per field (each component's variance about its own batch mean, averaged)."""
+    source = _settings(m)
+    weight, bias, mean, var = _empty(m)
+    for i, k, rep, channels in _fields(m):
+        name = _escape(rep.name)
+        var[i] = getattr(m, f"{name}_running_var")[k, 0]
+        if m._has_trivial[rep.name]:
+            mean[channels] = getattr(m, f"{name}_running_mean")[k]
+        if m.affine:
+            weight[i] = getattr(m, f"{name}_weight")[k, 0]
+            if m._has_trivial[rep.name]:
+                q = getattr(m, f"{name}_change_of_basis")
+                bias[channels] = q @ getattr(m, f"{name}_bias")[k]
+    _fill(source, m, weight, bias, mean, var)
+    source.notes.append(
+        "IIDBatchNorm's variance is taken about the batch mean of every component, eqnorm's about the trivial mean"
+    )
+    return source
+
+
+def _read_gnorm(m: Any) -> _Source:
+    """escnn ``GNormBatchNorm``: in each field's irrep basis, a weight and a running variance per irrep, a bias and a
+    running mean per trivial irrep. One scale per field is carried only where the field's irreps share one."""
+    source = _settings(m, track_running_stats=True)
+    weight, bias, mean, var = _empty(m)
+    mixed = []
+    for i, k, rep, channels in _fields(m):
+        name = _escape(rep.name)
+        basis = getattr(m, f"{name}_change_of_basis", None)
+        q = torch.eye(rep.size) if basis is None else basis
+        trivial = m._trivial_idxs[rep.name]
+        sizes = torch.tensor([m.in_type.fibergroup.irrep(*irr).size for irr in rep.irreps], dtype=torch.float)
+        var[i] = (getattr(m, f"{name}_running_var")[k] * sizes).sum() / rep.size
+        mean[channels] = q[:, trivial] @ getattr(m, f"{name}_running_mean")[k]
+        if m.affine:
+            w = getattr(m, f"{name}_weight")[k]
+            if not torch.all(w == w[0]):
+                mixed.append(i)
+            weight[i] = w[0]
+            bias[channels] = q[:, trivial] @ getattr(m, f"{name}_bias")[k]
+    _fill(source, m, weight, bias, mean, var)
+    if mixed:
+        source.field_weight = None
+        source.notes.append(f"weight not carried: fields {mixed} have a different weight per irrep")
+    source.notes.append("GNormBatchNorm's running variance per irrep carried as their dimension-weighted mean")
+    return source
+
+
+def _read_norm(m: Any) -> _Source:
+    """escnn ``NormBatchNorm`` (no trivial irreps, no centering): a weight and a running mean square per field."""
+    source = _settings(m, track_running_stats=True)
+    weight, bias, mean, var = _empty(m)
+    for i, k, rep, _ in _fields(m, lambda rep: rep.size):
+        var[i] = getattr(m, f"{rep.size}_running_var")[0, k, 0]
+        if m.affine:
+            weight[i] = getattr(m, f"{rep.size}_weight")[0, k, 0]
+    _fill(source, m, weight, bias, mean, var)
+    return source
+
+
+def _read_induced_norm(m: Any) -> _Source:
+    """escnn ``InducedNormBatchNorm``: as ``NormBatchNorm``, per (field size, sub-field size)."""
+    source = _settings(m, track_running_stats=True)
+    weight, bias, mean, var = _empty(m)
+    for i, k, rep, _ in _fields(m, _induced_key):
+        key = _induced_key(rep)
+        var[i] = getattr(m, f"{key}_running_var")[0, k, 0, 0]
+        if m.affine:
+            weight[i] = getattr(m, f"{key}_weight")[0, k, 0, 0]
+    _fill(source, m, weight, bias, mean, var)
+    return source
+
+
+def _induced_key(rep: Any) -> tuple[int, int]:
+    """``(field size, sub-field size)``: how ``InducedNormBatchNorm`` names its parameters."""
+    sub = next(int(nl.split("_")[-1]) for nl in rep.supported_nonlinearities if nl.startswith("induced_norm"))
+    return rep.size, sub
+
+
+def _read_e3nn(m: Any) -> _Source:
+    """e3nn ``BatchNorm``: a weight and a running mean square per copy, a bias and a running mean per ``0e`` copy."""
+    source = _settings(m, track_running_stats=not m.instance)
+    source.options = {"normalization": m.normalization}
+    if not m.include_bias:
+        source.options["bias"] = False
+    if m.instance:
+        source.notes.append("instance=True: e3nn normalizes each sample over its points; no running statistics")
+    if m.reduce != "mean":
+        source.notes.append(f"reduce={m.reduce!r} has no eqnorm counterpart: the variance is a mean")
+    channels = m.irreps.dim
+    weight, bias, mean = torch.ones(m.irreps.num_irreps), torch.zeros(channels), torch.zeros(channels)
+    var = torch.ones(m.irreps.num_irreps)
+    start = copy = scalar = 0
+    for mul, ir in m.irreps:
+        for _ in range(mul):
+            if m.affine:
+                weight[copy] = m.weight[copy]
+            if not m.instance:
+                var[copy] = m.running_var[copy]
+            if ir.l == 0 and ir.p == 1:
+                if m.affine and m.include_bias:
+                    bias[start] = m.bias[scalar]
+                if not m.instance:
+                    mean[start] = m.running_mean[scalar]
+                scalar += 1
+            start += ir.dim
+            copy += 1
+    source.field_weight = weight if m.affine else None
+    source.channel_bias = bias if m.affine and m.include_bias else None
+    if not m.instance:
+        source.channel_mean, source.field_var = mean, var
+        source.notes.append("e3nn's running variance is biased, eqnorm's unbiased: they differ by a factor n/(n-1)")
+    return source
