@@ -87,6 +87,8 @@ def convert_norms(
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if num_groups is not None and norm in ("layer", "instance"):
+        raise ValueError(f"norm={norm!r} fixes the groups (one, or one per field); leave num_groups as None")
     readers = _readers()
     replacements: list[Replacement] = []
     targets = [(name, module) for name, module in model.named_modules() if type(module) in readers]
@@ -138,7 +140,6 @@ def _build(old: Any, source: _Source, norm: str, num_groups: int | None, options
         return IrrepsGroupNorm(irreps, num_groups, **settings)
     from .escnn import FieldBatchNorm, FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm
 
-    settings.pop("normalization", None)
     if norm == "batch":
         return FieldBatchNorm(old.in_type, num_groups, **settings)
     if norm == "layer":

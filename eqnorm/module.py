@@ -10,7 +10,7 @@ import torch
 from .functional import check_eps, check_input, field_norm
 from .layout import FieldLayout, LayoutTensors
 
-__all__ = ["FieldNorm", "LayoutModule"]
+__all__ = ["FieldNorm", "LayoutModule", "NormAttributes"]
 
 _LAYOUT_KEYS = tuple(f"layout_{name}" for name in LayoutTensors._fields)
 
@@ -139,3 +139,51 @@ class FieldNorm(LayoutModule):
         check_input(x, self.layout)
         weight, bias = self.parameters_or_constants()
         return field_norm(x, weight, bias, self.layout_tensors, self.eps, ptr=ptr)[0]
+
+
+class NormAttributes:
+    """What the escnn and e3nn layers show of the plain :class:`LayoutModule` they hold as ``norm``: the attributes
+    of ``torch.nn.GroupNorm`` (``num_groups``, ``num_channels``, ``eps``, ``affine``, ``weight``, ``bias``,
+    ``reset_parameters()``) and the ``layout``."""
+
+    norm: LayoutModule
+
+    @property
+    def layout(self) -> FieldLayout:
+        """The :class:`~eqnorm.FieldLayout`: fields (escnn representations or e3nn irrep copies), irreps, groups."""
+        return self.norm.layout
+
+    @property
+    def weight(self) -> torch.nn.Parameter | None:
+        """One scale per field, shape ``(num_fields,)``; ``None`` unless ``affine``."""
+        return self.norm.weight
+
+    @property
+    def bias(self) -> torch.nn.Parameter | None:
+        """One bias per trivial irrep copy (``0e`` in e3nn), shape ``(num_trivial,)``; ``None`` unless ``affine`` and
+        ``bias``."""
+        return self.norm.bias
+
+    @property
+    def num_groups(self) -> int:
+        return self.norm.num_groups
+
+    @property
+    def num_channels(self) -> int:
+        return self.norm.num_channels
+
+    @property
+    def affine(self) -> bool:
+        return self.norm.affine
+
+    @property
+    def eps(self) -> float:
+        return self.norm.eps
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self.norm.eps = check_eps(value)
+
+    def reset_parameters(self) -> None:
+        """``weight`` to ones, ``bias`` to zeros (and, in a batch norm, the running statistics)."""
+        self.norm.reset_parameters()

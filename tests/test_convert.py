@@ -174,9 +174,11 @@ def test_every_norm_kind_and_options_reach_the_new_layers(norm, escnn_cls, e3nn_
         assert model["a"].num_groups == 2  # 32 channels: 2 groups of 4 regular fields (16 channels)
 
 
-def test_bad_norm_is_refused():
+def test_bad_norm_or_contradicting_groups_are_refused():
     with pytest.raises(ValueError, match="norm must be one of"):
         convert_norms(torch.nn.Linear(2, 2), "weight")
+    with pytest.raises(ValueError, match="leave num_groups as None"):
+        convert_norms(torch.nn.Linear(2, 2), "layer", num_groups=2)
 
 
 class WideBasic(nn.EquivariantModule):

@@ -8,8 +8,7 @@ from typing import Any
 import torch
 from e3nn import o3
 
-from ..layout import FieldLayout
-from ..module import LayoutModule
+from ..module import NormAttributes
 
 __all__ = ["IrrepsModule", "check_features", "parse_irreps"]
 
@@ -29,54 +28,15 @@ def check_features(x: Any, dim: int) -> None:
         raise ValueError(f"expected features (..., {dim}) for these irreps, got {shape}")
 
 
-class IrrepsModule(torch.nn.Module):
+class IrrepsModule(NormAttributes, torch.nn.Module):
     """An e3nn layer over ``irreps_in`` (= ``irreps_out``) holding ``norm``, a plain
-    :class:`~eqnorm.module.LayoutModule`; ``num_groups``, ``num_channels``, ``eps``, ``affine``, ``weight``
-    (one per irrep copy), ``bias`` (one per ``0e`` copy) and ``reset_parameters()`` as ``torch.nn.GroupNorm``."""
+    :class:`~eqnorm.module.LayoutModule`, with its attributes (:class:`~eqnorm.module.NormAttributes`) and the
+    ``normalization`` of e3nn's ``BatchNorm``."""
 
     irreps_in: o3.Irreps
     irreps_out: o3.Irreps
-    norm: LayoutModule
-
-    @property
-    def layout(self) -> FieldLayout:
-        """The :class:`~eqnorm.FieldLayout`: one field per irrep copy."""
-        return self.norm.layout
-
-    @property
-    def weight(self) -> torch.nn.Parameter | None:
-        """One scale per irrep copy; ``None`` unless ``affine``."""
-        return self.norm.weight
-
-    @property
-    def bias(self) -> torch.nn.Parameter | None:
-        """One bias per ``0e`` copy; ``None`` unless ``affine`` and ``bias``."""
-        return self.norm.bias
-
-    @property
-    def num_groups(self) -> int:
-        return self.norm.num_groups
-
-    @property
-    def num_channels(self) -> int:
-        return self.norm.num_channels
-
-    @property
-    def affine(self) -> bool:
-        return self.norm.affine
-
-    @property
-    def eps(self) -> float:
-        return self.norm.eps
-
-    @eps.setter
-    def eps(self, value: float) -> None:
-        self.norm.eps = value
 
     @property
     def normalization(self) -> str:
+        """``"component"`` or ``"norm"``: the variance per channel or per irrep copy."""
         return self.norm.layout.normalization
-
-    def reset_parameters(self) -> None:
-        """``weight`` to ones, ``bias`` to zeros (and the running statistics of a batch norm)."""
-        self.norm.reset_parameters()

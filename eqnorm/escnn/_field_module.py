@@ -8,8 +8,7 @@ from collections import Counter
 import torch
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
-from ..layout import FieldLayout
-from ..module import LayoutModule
+from ..module import LayoutModule, NormAttributes
 from ._equivariance import Measurement, assert_within, equivariance_errors, grid_elements, random_input, sample_elements
 
 __all__ = ["FieldModule", "check_field_type", "describe_field_type"]
@@ -29,58 +28,17 @@ def check_field_type(in_type: object) -> None:
         raise TypeError(f"in_type must be an escnn FieldType, got {type(in_type).__name__}")
 
 
-class FieldModule(EquivariantModule):
+class FieldModule(NormAttributes, EquivariantModule):
     r"""An escnn ``EquivariantModule`` wrapping ``self.norm``, a plain :class:`~eqnorm.module.LayoutModule` on
     ``(N, C, *spatial)`` tensors.
 
     :math:`y = \mathrm{norm}(x)` on the tensor of a ``GeometricTensor`` of type ``in_type``; the output has the same
-    field type. Subclasses set ``in_type``, ``out_type`` and ``norm``. The attributes of ``torch.nn.GroupNorm``
-    (``num_groups``, ``num_channels``, ``eps``, ``affine``, ``weight``, ``bias``, ``reset_parameters()``) read and
-    act on ``norm``; ``repr`` is one line.
+    field type. Subclasses set ``in_type``, ``out_type`` and ``norm``, whose attributes the layer shows
+    (:class:`~eqnorm.module.NormAttributes`); ``repr`` is one line.
     """
 
     in_type: FieldType
     out_type: FieldType
-    norm: LayoutModule
-
-    @property
-    def layout(self) -> FieldLayout:
-        """The :class:`~eqnorm.FieldLayout`: fields, irreps and groups of ``in_type``."""
-        return self.norm.layout
-
-    @property
-    def weight(self) -> torch.nn.Parameter | None:
-        """One scale per field, shape ``(num_fields,)``; ``None`` unless ``affine``."""
-        return self.norm.weight
-
-    @property
-    def bias(self) -> torch.nn.Parameter | None:
-        """One bias per trivial irrep copy, shape ``(num_trivial,)``; ``None`` unless ``affine`` and ``bias``."""
-        return self.norm.bias
-
-    @property
-    def num_groups(self) -> int:
-        return self.norm.num_groups
-
-    @property
-    def num_channels(self) -> int:
-        return self.norm.num_channels
-
-    @property
-    def affine(self) -> bool:
-        return self.norm.affine
-
-    @property
-    def eps(self) -> float:
-        return self.norm.eps
-
-    @eps.setter
-    def eps(self, value: float) -> None:
-        self.norm.eps = value
-
-    def reset_parameters(self) -> None:
-        """As ``torch.nn.GroupNorm.reset_parameters`` (and the running statistics of a batch norm)."""
-        self.norm.reset_parameters()
 
     def extra_repr(self) -> str:
         return f"{describe_field_type(self.in_type)}, {self.norm.settings_repr()}"

@@ -15,6 +15,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 pytest.importorskip("statsmodels")
+pytest.importorskip("ase")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,6 +127,22 @@ def check_printtip_microarray(out: Path) -> None:
     assert rmse["none"] > rmse["global loess"] > rmse["print-tip loess"] > rmse["print-tip scaled loess"]
 
 
+def check_forces_e3nn(out: Path) -> None:
+    runs = rows(out / "runs.csv")
+    assert {r["norm"] for r in runs} == {"group", "layer", "batch", "none"}
+    assert {int(r["batch_size"]) for r in runs} == {1, 4, 16}
+    for r in runs:  # trained on forces: second derivatives through every layer gave a loss that falls
+        assert math.isfinite(float(r["last_loss"])) and float(r["last_loss"]) < float(r["first_loss"]), r
+    assert all(0 < v < 5000 for v in numbers(runs, "force_mae_mev_a"))
+    assert all(v < 1e-4 for v in numbers(runs, "force_equivariance_rel"))  # float32, random rotations and reflections
+    deployment = {r["what"]: float(r["value"]) for r in rows(out / "deployment.csv")}
+    difference = next(v for k, v in deployment.items() if k.startswith("package vs eager"))
+    assert difference < 1e-4  # the AOTInductor package, loaded in a fresh process, computes what eager does
+    assert all(math.isfinite(v) for v in deployment.values())
+    nve = rows(out / "nve.csv")
+    assert len(nve) == 201 and all(math.isfinite(v) for v in numbers(nve, "package_total_ev"))
+
+
 CHECKS: dict[str, Callable[[Path], None]] = {
     "batch_size_sweep": check_batch_size_sweep,
     "num_groups": check_num_groups,
@@ -137,7 +154,10 @@ CHECKS: dict[str, Callable[[Path], None]] = {
     "qm9_e3nn": check_qm9_e3nn,
     "pruned_network": check_pruned_network,
     "printtip_microarray": check_printtip_microarray,
+    "forces_e3nn": check_forces_e3nn,
 }
+#: seconds a smoke run may take; forces_e3nn compiles an AOTInductor package (about 2 minutes on 2 cores)
+TIMEOUTS = {"forces_e3nn": 900}
 
 
 @pytest.mark.parametrize("script", sorted(CHECKS))
@@ -149,7 +169,7 @@ def test_quick_run(script: str, tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=TIMEOUTS.get(script, 300),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(tmp_path) in proc.stdout  # the script names its output folder
