@@ -13,9 +13,9 @@ from .batch_statistics import running_statistics, sync_pool
 from .coefficients import channel_bias
 from .functional import check_input, field_norm
 from .layout import FieldLayout
-from .module import LayoutModule
+from .module import LayoutModule, NormAttributes
 
-__all__ = ["BatchFieldNorm", "batch_grouping", "convert_sync_batchnorm"]
+__all__ = ["BatchFieldNorm", "BatchNormAttributes", "batch_grouping", "convert_sync_batchnorm"]
 
 
 def batch_grouping(num_groups: int | None, group_by: str | Sequence[int] | None) -> str | Sequence[int]:
@@ -129,6 +129,35 @@ class BatchFieldNorm(LayoutModule):
         sync = ", sync=True" if self.sync else ""
         tracked = f"track_running_stats={self.track_running_stats}"
         return f"{super().settings_repr()}, momentum={self.momentum}, {tracked}{sync}"
+
+
+class BatchNormAttributes(NormAttributes):
+    """What the escnn and e3nn batch norms show of the :class:`BatchFieldNorm` they hold as ``norm``, besides
+    :class:`~eqnorm.module.NormAttributes`: ``torch.nn.BatchNorm2d``'s ``momentum``, ``track_running_stats``,
+    ``running_var`` and ``reset_running_stats()``."""
+
+    norm: BatchFieldNorm
+
+    @property
+    def momentum(self) -> float | None:
+        return self.norm.momentum
+
+    @momentum.setter
+    def momentum(self, value: float | None) -> None:
+        self.norm.momentum = value
+
+    @property
+    def track_running_stats(self) -> bool:
+        return self.norm.track_running_stats
+
+    @property
+    def running_var(self) -> torch.Tensor | None:
+        """Running unbiased variance per group ``(G,)`` (per field, or irrep copy, by default)."""
+        return self.norm.running_var
+
+    def reset_running_stats(self) -> None:
+        """As ``torch.nn.BatchNorm2d.reset_running_stats``."""
+        self.norm.reset_running_stats()
 
 
 def convert_sync_batchnorm(module: torch.nn.Module, process_group: Any = None) -> torch.nn.Module:

@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..batch_norm import BatchFieldNorm, batch_grouping
+from ..batch_norm import BatchFieldNorm, BatchNormAttributes, batch_grouping
 from ..layout import FieldLayout
 from ._irreps import IrrepsModule, check_features, parse_irreps
 
 __all__ = ["IrrepsBatchNorm"]
 
 
-class IrrepsBatchNorm(IrrepsModule):
+class IrrepsBatchNorm(BatchNormAttributes, IrrepsModule):
     r"""Equivariant batch normalization of e3nn features ``x`` ``(..., dim)``: statistics over every leading index
     (batch, nodes, points), every irrep copy a field, only ``0e`` centered and biased.
 
@@ -65,30 +65,10 @@ class IrrepsBatchNorm(IrrepsModule):
         )
 
     @property
-    def momentum(self) -> float | None:
-        return self.norm.momentum
-
-    @momentum.setter
-    def momentum(self, value: float | None) -> None:
-        self.norm.momentum = value
-
-    @property
-    def track_running_stats(self) -> bool:
-        return self.norm.track_running_stats
-
-    @property
     def running_mean(self) -> torch.Tensor | None:
         """Running mean of each ``0e`` copy, as e3nn's ``BatchNorm.running_mean`` (a copy: ``running_cen`` holds it)."""
         cen = self.norm.running_cen
         return None if cen is None else cen[self.scalar_channels]
-
-    @property
-    def running_var(self) -> torch.Tensor | None:
-        """Running unbiased variance per group (per copy by default), as e3nn's ``BatchNorm.running_var``."""
-        return self.norm.running_var
-
-    def reset_running_stats(self) -> None:
-        self.norm.reset_running_stats()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_features(x, self.dim)

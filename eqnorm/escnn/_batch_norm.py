@@ -9,14 +9,14 @@ from typing import Any
 import torch
 from escnn.nn import FieldType
 
-from ..batch_norm import BatchFieldNorm, batch_grouping
+from ..batch_norm import BatchFieldNorm, BatchNormAttributes, batch_grouping
 from ..layout import FieldLayout
 from ._field_module import FieldModule, check_field_type
 
 __all__ = ["FieldBatchNorm"]
 
 
-class FieldBatchNorm(FieldModule):
+class FieldBatchNorm(BatchNormAttributes, FieldModule):
     r"""Equivariant batch normalization: the statistics of :class:`FieldGroupNorm`, pooled over the batch too.
 
     In training, per group :math:`\gamma` (default: one field per group) over all samples :math:`n` and positions
@@ -76,27 +76,6 @@ class FieldBatchNorm(FieldModule):
         self.norm = BatchFieldNorm(layout, eps, momentum, affine, track_running_stats, process_group, bias)
 
     @property
-    def momentum(self) -> float | None:
-        return self.norm.momentum
-
-    @momentum.setter
-    def momentum(self, value: float | None) -> None:
-        self.norm.momentum = value
-
-    @property
-    def track_running_stats(self) -> bool:
-        return self.norm.track_running_stats
-
-    @property
     def running_cen(self) -> torch.Tensor | None:
         """Running centering vector ``(C,)``: nonzero on trivial irreps only."""
         return self.norm.running_cen
-
-    @property
-    def running_var(self) -> torch.Tensor | None:
-        """Running unbiased variance per group ``(G,)``."""
-        return self.norm.running_var
-
-    def reset_running_stats(self) -> None:
-        """As ``torch.nn.BatchNorm2d.reset_running_stats``."""
-        self.norm.reset_running_stats()
