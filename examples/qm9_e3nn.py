@@ -38,6 +38,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from _cli import finish, parse_args, progress, save_figure, write_csv
+from _geometry import random_orthogonal
 from e3nn import o3
 from e3nn.math import soft_one_hot_linspace
 from e3nn.nn import BatchNorm, FullyConnectedNet, Gate
@@ -173,15 +174,6 @@ class GapModel(torch.nn.Module):
         counts = batch.ptr.diff()
         graph = torch.repeat_interleave(torch.arange(len(counts)), counts)
         return torch.zeros(len(counts)).index_add_(0, graph, per_atom) / counts
-
-
-def random_orthogonal(n: int, gen: torch.Generator) -> torch.Tensor:
-    """``n`` random rotations, every other one composed with the inversion ``-I``."""
-    q, r = torch.linalg.qr(torch.randn(n, 3, 3, generator=gen))
-    q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2)).unsqueeze(1)
-    q = q * torch.linalg.det(q).sign().view(-1, 1, 1)  # proper rotations
-    flip = torch.where(torch.arange(n) % 2 == 1, -1.0, 1.0).view(-1, 1, 1)
-    return q * flip
 
 
 @torch.no_grad()

@@ -136,11 +136,13 @@ def check_forces_e3nn(out: Path) -> None:
     assert all(0 < v < 5000 for v in numbers(runs, "force_mae_mev_a"))
     assert all(v < 1e-4 for v in numbers(runs, "force_equivariance_rel"))  # float32, random rotations and reflections
     deployment = {r["what"]: float(r["value"]) for r in rows(out / "deployment.csv")}
-    difference = next(v for k, v in deployment.items() if k.startswith("package vs eager"))
-    assert difference < 1e-4  # the AOTInductor package, loaded in a fresh process, computes what eager does
+    # the AOTInductor package, loaded in a fresh process, computes what eager does (float32 rounding)
+    forces = next(v for k, v in deployment.items() if k.startswith("package vs eager, max force"))
+    energy = next(v for k, v in deployment.items() if k.startswith("package vs eager, max energy"))
+    assert forces < 1e-4 and energy < 1.0  # relative; meV on energies of tens of eV
     assert all(math.isfinite(v) for v in deployment.values())
     nve = rows(out / "nve.csv")
-    assert len(nve) == 201 and all(math.isfinite(v) for v in numbers(nve, "package_total_ev"))
+    assert len(nve) == 201 and all(math.isfinite(v) for v in numbers(nve, "package_change_mev"))
 
 
 CHECKS: dict[str, Callable[[Path], None]] = {
