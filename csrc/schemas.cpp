@@ -14,6 +14,20 @@ PYBIND11_MODULE(_C, m) {
         return eqnorm::call_field_norm(x, weight, bias, layout, ptr, last, batch, eps);
       },
       "eqnorm::field_norm through the dispatcher");
+  // A contiguous (N, C, *spatial) x viewed as (N, C, P) rows and y viewed back, here rather than in Python: the two
+  // views cost a fraction of a microsecond in C++ and several in Python, a quarter of a small call.
+  m.def(
+      "field_norm_dense",
+      [](const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const std::vector<at::Tensor>& layout,
+         bool batch, double eps) {
+        TORCH_CHECK(x.dim() >= 2 && x.is_contiguous(), "field_norm_dense: x must be contiguous (N, C, *spatial)");
+        c10::SymInt positions = 1;
+        for (int64_t d = 2; d < x.dim(); ++d) positions *= x.sym_size(d);
+        const at::Tensor rows = x.view_symint({x.sym_size(0), x.sym_size(1), positions});
+        auto [y, mean, m2] = eqnorm::call_field_norm(rows, weight, bias, layout, std::nullopt, false, batch, eps);
+        return std::make_tuple(y.view_symint(x.sym_sizes()), mean, m2);
+      },
+      "eqnorm::field_norm of a contiguous (N, C, *spatial) tensor");
 }
 
 TORCH_LIBRARY(eqnorm, m) {

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from .coefficients import affine_coefficients
 from .layout import LayoutTensors
@@ -82,10 +83,11 @@ def statistics_shape(x: torch.Tensor, channels_last: bool, ptr: torch.Tensor | N
 
 
 def is_tracing(x: torch.Tensor) -> bool:
-    """True while torch.compile, torch.export or a fake-tensor trace runs: data-dependent checks must wait."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    return torch.compiler.is_compiling() or is_fake(x) or torch.jit.is_tracing()
+    """True while torch.compile, torch.export, torch.jit.trace or a fake-tensor trace (``make_fx``) runs:
+    data-dependent checks must wait. Cheap for a plain tensor (well under a microsecond): it runs on every call."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    return type(x) is not torch.Tensor and is_fake(x)  # is_fake alone costs about 2 us
 
 
 def check_ptr(ptr: torch.Tensor, rows: int | torch.SymInt) -> None:
@@ -169,6 +171,18 @@ def field_norm(
             return torch.ops.eqnorm.field_norm(x, weight, bias, list(t), ptr, channels_last, batch, eps)
         return _C.field_norm(x, weight, bias, t, ptr, channels_last, batch, eps)
     return torch_field_norm(x, weight, bias, t, ptr, channels_last, batch, eps)
+
+
+def field_norm_dense(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, t: LayoutTensors, batch: bool, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`field_norm` of a contiguous ``(N, C, *spatial)`` ``x`` as ``(N, C, P)`` rows, ``y`` in ``x``'s shape.
+    Eager calls view it inside the bound C++ call; traced code (compile, export, ``make_fx``, ``jit.trace``) views it
+    here, where the tracer sees the sizes as symbols."""
+    if x.device.type in _COMPILED and not is_tracing(x):
+        return _C.field_norm_dense(x, weight, bias, t, batch, eps)
+    y, mean, m2 = field_norm(x.flatten(2), weight, bias, t, None, False, batch, eps)
+    return y.reshape(x.shape), mean, m2
 
 
 if _EXTENSION:

@@ -59,6 +59,8 @@ def field_norm(
     """
     if ptr is not None:
         return _ops.field_norm(x.contiguous(), weight, bias, t, ptr.contiguous(), True, False, eps)
+    if pool is None and x.dim() > 2 and x.is_contiguous():
+        return _ops.field_norm_dense(x, weight, bias, t, batch, eps)
     rows, channels_last = _rows(x)
     if pool is not None:
         y, mean, m2 = _ops.torch_field_norm(rows, weight, bias, t, None, channels_last, batch, eps, pool)
