@@ -241,13 +241,11 @@ def _read_inner(m: Any) -> _Source:
         if bn.track_running_stats:
             mean[channels] = bn.running_mean[k]
             var[i] = bn.running_var[k]
-    _fill(source, m, weight, bias, mean, var)
+    _fill(source, weight, bias, mean, var)
     return source
 
 
-def _fill(
-    source: _Source, m: Any, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
-) -> None:
+def _fill(source: _Source, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> None:
     if source.affine:
         source.field_weight, source.channel_bias = weight, bias
     if source.track_running_stats:
@@ -269,7 +267,7 @@ def _read_iid(m: Any) -> _Source:
             if m._has_trivial[rep.name]:
                 q = getattr(m, f"{name}_change_of_basis")
                 bias[channels] = q @ getattr(m, f"{name}_bias")[k]
-    _fill(source, m, weight, bias, mean, var)
+    _fill(source, weight, bias, mean, var)
     source.notes.append(
         "IIDBatchNorm's variance is taken about the batch mean of every component, eqnorm's about the trivial mean"
     )
@@ -296,7 +294,7 @@ def _read_gnorm(m: Any) -> _Source:
                 mixed.append(i)
             weight[i] = w[0]
             bias[channels] = q[:, trivial] @ getattr(m, f"{name}_bias")[k]
-    _fill(source, m, weight, bias, mean, var)
+    _fill(source, weight, bias, mean, var)
     if mixed:
         source.field_weight = None
         source.notes.append(f"weight not carried: fields {mixed} have a different weight per irrep")
@@ -312,7 +310,7 @@ def _read_norm(m: Any) -> _Source:
         var[i] = getattr(m, f"{rep.size}_running_var")[0, k, 0]
         if m.affine:
             weight[i] = getattr(m, f"{rep.size}_weight")[0, k, 0]
-    _fill(source, m, weight, bias, mean, var)
+    _fill(source, weight, bias, mean, var)
     return source
 
 
@@ -325,7 +323,7 @@ def _read_induced_norm(m: Any) -> _Source:
         var[i] = getattr(m, f"{key}_running_var")[0, k, 0, 0]
         if m.affine:
             weight[i] = getattr(m, f"{key}_weight")[0, k, 0, 0]
-    _fill(source, m, weight, bias, mean, var)
+    _fill(source, weight, bias, mean, var)
     return source
 
 

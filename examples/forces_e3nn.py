@@ -255,6 +255,8 @@ class EnergyAndForces(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         pos = pos.detach().requires_grad_(True)
         with torch.enable_grad():
+            # one structure: the atomic energies are summed directly, not index_added into a (1,) tensor as in
+            # Potential.forward, which AOTInductor's CPU code generation fails on (a scatter into one element)
             graph = torch.zeros_like(species)
             energy = self.potential.atomic_energies(pos, species, src, dst, graph, 1).sum()
             (grad,) = torch.autograd.grad(energy, pos)
