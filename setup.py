@@ -52,6 +52,7 @@ def extension_modules() -> list:
         "csrc/field_norm.cpp",
         "csrc/autograd.cpp",
         "csrc/cpu_passes.cpp",
+        "csrc/cpu_rows.cpp",
         "csrc/cpu_field_norm.cpp",
     ]
     flag = os.environ.get("EQNORM_CUDA")

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "cpu_rows.h"
 #include "field_norm.h"
 #include "layout_view.h"
 
@@ -125,17 +126,17 @@ template <typename A> struct Sample {
 };
 
 // Sums of per-row parameter cotangents, kept per chunk of rows and added up in chunk order: the same result for any
-// number of threads.
+// number of threads. With one row per chunk the sums run in row order, so the passes and the per-sample layer agree.
 template <typename A> struct ChunkSums {
-  static constexpr int64_t kRows = 64;
-  int64_t C;
+  int64_t C, rows_per_chunk;
   std::vector<A> weight, sum_dy;  // (chunks, C) each
-  ChunkSums(int64_t rows, int64_t channels)
-      : C(channels), weight(chunks(rows) * channels, A(0)), sum_dy(chunks(rows) * channels, A(0)) {}
-  static int64_t chunks(int64_t rows) { return (rows + kRows - 1) / kRows; }
+  ChunkSums(int64_t rows, int64_t channels, int64_t chunk_rows)
+      : C(channels), rows_per_chunk(chunk_rows), weight(chunks(rows) * channels, A(0)),
+        sum_dy(chunks(rows) * channels, A(0)) {}
+  int64_t chunks(int64_t rows) const { return (rows + rows_per_chunk - 1) / rows_per_chunk; }
   void add(int64_t row, const A* gw, const A* dy) {
-    A* w = &weight[row / kRows * C];
-    A* d = &sum_dy[row / kRows * C];
+    A* w = &weight[row / rows_per_chunk * C];
+    A* d = &sum_dy[row / rows_per_chunk * C];
     for (int64_t c = 0; c < C; ++c) {
       w[c] += gw[c];
       d[c] += dy[c];
@@ -188,11 +189,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
     const int64_t S = st.rows, C = l.C;
     const A *gaxp = gax.data_ptr<A>(), *gbp = gb.data_ptr<A>();
     A *ap = a.data_ptr<A>(), *up = u.data_ptr<A>(), *vp = v.data_ptr<A>();
-    ChunkSums<A> sums(S, C);
-    at::parallel_for(0, ChunkSums<A>::chunks(S), 1, [&](int64_t begin, int64_t end) {
+    ChunkSums<A> sums(S, C, 1);
+    at::parallel_for(0, S, 16, [&](int64_t begin, int64_t end) {
       Sample<A> w(l);
       std::vector<A> gw(C);
-      for (int64_t n = begin * ChunkSums<A>::kRows; n < std::min(S, end * ChunkSums<A>::kRows); ++n) {
+      for (int64_t n = begin; n < end; ++n) {
         const int64_t r = n * C;
         w.coefficients_backward(l, st.mean + r, st.m2 + r, st.count(n), st.eps, gaxp + r, gbp + r, ap + r, up + r,
                                 vp + r, gw.data());
@@ -249,17 +250,90 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_backward(const at::Tensor&
     const int64_t C = l.C;
     const A *xp = x.data_ptr<A>(), *dyp = dy.data_ptr<A>();
     A* dxp = dx.data_ptr<A>();
-    ChunkSums<A> sums(N, C);
-    at::parallel_for(0, ChunkSums<A>::chunks(N), 1, [&](int64_t begin, int64_t end) {
+    constexpr int64_t kChunk = 64;  // rows per chunk of parameter sums: one sum per row would double the traffic
+    ChunkSums<A> sums(N, C, kChunk);
+    at::parallel_for(0, sums.chunks(N), 1, [&](int64_t begin, int64_t end) {
       Sample<A> w(l);
       std::vector<A> zeros(C, A(0)), g_a(C), a(C), u(C), v(C), gw(C);
-      for (int64_t n = begin * ChunkSums<A>::kRows; n < std::min(N, end * ChunkSums<A>::kRows); ++n) {
+      for (int64_t n = begin * kChunk; n < std::min(N, end * kChunk); ++n) {
         const A *xr = xp + n * C, *g = dyp + n * C;
         for (int64_t c = 0; c < C; ++c) g_a[c] = g[c] * xr[c];
         w.coefficients_backward(l, xr, zeros.data(), A(1), static_cast<A>(eps), g_a.data(), g, a.data(), u.data(),
                                 v.data(), gw.data());
         for (int64_t c = 0; c < C; ++c) dxp[n * C + c] = a[c] * g[c] + u[c] * xr[c] + v[c];
         sums.add(n, gw.data(), g);
+      }
+    });
+    sums.finish(l, dweight.data_ptr<A>(), dbias.data_ptr<A>());
+  });
+  return {dx, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+}
+
+// Channels-first samples with statistics of their own (group, layer and instance norms): one task per sample takes
+// its moments, its coefficient map and its affine pass in turn, so the second read of its C x P values comes from
+// cache, no (N, C) coefficient arrays are written, and the three steps share one parallel region. Every row goes
+// through the same arithmetic as in the passes (cpu_rows.h, Sample, ChunkSums with one row per chunk), so the two give
+// the same bits; the passes stay for fewer samples than threads, where they spread one sample's rows over threads.
+constexpr int64_t kSerialElements = 32768;  // below this a call runs on one thread either way
+
+bool per_sample(const at::Tensor& x, const std::optional<at::Tensor>& ptr, bool last, bool batch) {
+  return !ptr.has_value() && !last && !batch && x.numel() > 0 &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
+         (x.size(0) >= at::get_num_threads() || x.numel() <= kSerialElements);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_forward(const at::Tensor& x_in, const at::Tensor& weight,
+                                                              const at::Tensor& bias, const Checked& checked,
+                                                              double eps) {
+  const at::Tensor x = x_in.contiguous();
+  const int64_t N = checked.shape.samples, C = checked.shape.channels, P = checked.shape.positions;
+  at::Tensor y = at::empty_like(x), mean = at::empty({N, C}, x.options()), m2 = at::empty({N, C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm per sample", [&] {
+    using A = scalar_t;
+    const Layout<A> l(checked.layout, weight, bias);
+    const A* xp = x.data_ptr<A>();
+    A *yp = y.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      Sample<A> w(l);
+      std::vector<A> a(C), beta(C);
+      for (int64_t n = begin; n < end; ++n) {
+        const A* xs = xp + n * C * P;
+        A* ys = yp + n * C * P;
+        cpu_rows::moments<A, A>(xs, C, P, mp + n * C, m2p + n * C);
+        w.coefficients(l, mp + n * C, m2p + n * C, static_cast<A>(P), static_cast<A>(eps), a.data(), beta.data());
+        for (int64_t c = 0; c < C; ++c) cpu_rows::affine_any<A, A>(xs + c * P, &a[c], &beta[c], 0, ys + c * P, P);
+      }
+    });
+  });
+  return {y, mean, m2};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_backward(const at::Tensor& dy_in, const at::Tensor& x_in,
+                                                               const at::Tensor& mean_in, const at::Tensor& m2_in,
+                                                               const at::Tensor& weight, const at::Tensor& bias,
+                                                               const Checked& checked, double eps) {
+  const at::Tensor x = x_in.contiguous(), dy = dy_in.contiguous(), mean = mean_in.contiguous(), m2 = m2_in.contiguous();
+  const int64_t N = checked.shape.samples, C = checked.shape.channels, P = checked.shape.positions;
+  at::Tensor dx = at::empty_like(x);
+  at::Tensor dweight = at::zeros(weight.sizes(), x.options()), dbias = at::zeros(bias.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm_backward per sample", [&] {
+    using A = scalar_t;
+    const Layout<A> l(checked.layout, weight, bias);
+    const A *xp = x.data_ptr<A>(), *dyp = dy.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
+    A* dxp = dx.data_ptr<A>();
+    ChunkSums<A> sums(N, C, 1);
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      Sample<A> w(l);
+      std::vector<A> sdy(C), sdyx(C), a(C), u(C), v(C), gw(C);
+      for (int64_t n = begin; n < end; ++n) {
+        const A *xs = xp + n * C * P, *gs = dyp + n * C * P;
+        A* dxs = dxp + n * C * P;
+        cpu_rows::sums<A, A>(gs, xs, C, P, sdy.data(), sdyx.data());
+        w.coefficients_backward(l, mp + n * C, m2p + n * C, static_cast<A>(P), static_cast<A>(eps), sdyx.data(),
+                                sdy.data(), a.data(), u.data(), v.data(), gw.data());
+        sums.add(n, gw.data(), sdy.data());
+        for (int64_t c = 0; c < C; ++c)
+          cpu_rows::affine_backward_any<A, A>(gs + c * P, xs + c * P, &a[c], &u[c], &v[c], 0, dxs + c * P, P);
       }
     });
     sums.finish(l, dweight.data_ptr<A>(), dbias.data_ptr<A>());
@@ -339,6 +413,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_cpu(const at::Tensor& 
   if (!generic_coefficients() && point_features(x, ptr, last, batch))
     return points_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, layout, ptr, last, batch).layout,
                           eps);
+  if (!generic_coefficients() && per_sample(x, ptr, last, batch))
+    return samples_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, layout, ptr, last, batch), eps);
   return field_norm_forward(cpu_passes(), forward_map(), x, weight, bias, layout, ptr, last, batch, eps);
 }
 
@@ -349,6 +425,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward_cpu(
   if (!generic_coefficients() && point_features(x, ptr, last, batch))
     return points_backward(dy, x, weight, bias,
                            check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch).layout, eps);
+  if (!generic_coefficients() && per_sample(x, ptr, last, batch))
+    return samples_backward(dy, x, mean, m2, weight, bias,
+                            check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch), eps);
   return field_norm_backward(cpu_passes(), backward_map(), dy, x, mean, m2, weight, bias, layout, ptr, last, batch,
                              eps);
 }

@@ -144,6 +144,29 @@ def test_generic_coefficient_maps_match_the_cpu_loops():
                 torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("positions", [1500, 2048, 2049, 4100])  # short rows with a tail, one block, two, ragged
+def test_per_sample_layer_equals_the_passes_bit_for_bit(dtype, positions):
+    """Channels-first calls with as many samples as threads run each sample's passes in one task; with fewer they run
+    the passes over all rows. Both must give the same bits (outputs, statistics, every gradient), so no result
+    depends on the number of threads."""
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(3, 8, positions, generator=gen, dtype=torch.float64) * 3 + 2).to(dtype).requires_grad_()
+    dy = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
+    w, b = (p.requires_grad_() for p in parameters("cpu", dtype))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 4):  # 3 samples: one task each on 1 thread; the passes on 4
+            torch.set_num_threads(n)
+            y, mean, m2 = run(torch.ops.eqnorm.field_norm, x, w, b, "cpu", False, None, False)
+            results.append((y, mean, m2, *torch.autograd.grad(y, (x, w, b), dy)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, other in zip(*results, strict=True):
+        assert torch.equal(one, other)
+
+
 @pytest.mark.parametrize(
     ("index", "value", "message"),
     [
