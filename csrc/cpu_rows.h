@@ -84,8 +84,11 @@ template <typename A> EQNORM_INLINE void short_rows_moments(const A* x, int64_t 
     const V mu = (L::transpose_sum(s) + tail) / static_cast<A>(P);
     tail = V{};
     for (int64_t k = 0; k < W; ++k) s[k] = V{};
+    // the second pass reads the rows from L1: meanwhile, fetch the next kWidth rows, one 64-byte line per step
+    const int64_t ahead = W * P;
     for (int64_t i = 0; i < body; i += W)
       for (int64_t k = 0; k < W; ++k) {
+        if (i % (64 / sizeof(A)) == 0) __builtin_prefetch(b.row[k] + ahead + i);
         const V d = L::load(b.row[k] + i) - mu[k];
         s[k] += d * d;
       }
@@ -133,8 +136,9 @@ EQNORM_INLINE void short_rows_sums(const A* dy, const A* x, int64_t rows, int64_
 }
 
 // sum_i f(x_i) over one row: four vector accumulators when T is A (one would wait on the latency of the vector add),
-// one value at a time otherwise (half, bfloat16).
-template <typename T, typename A, typename F> EQNORM_INLINE A row_sum(const T* x, int64_t n, F f) {
+// one value at a time otherwise (half, bfloat16). With `ahead`, the n values from there are prefetched on the way.
+template <typename T, typename A, typename F>
+EQNORM_INLINE A row_sum(const T* x, int64_t n, F f, const T* ahead = nullptr) {
   A tail = 0;
   int64_t i = 0;
   if constexpr (std::is_same_v<T, A>) {
@@ -142,6 +146,10 @@ template <typename T, typename A, typename F> EQNORM_INLINE A row_sum(const T* x
     constexpr int64_t W = L::kWidth;
     typename L::V a0 = {}, a1 = {}, a2 = {}, a3 = {};
     for (; i + 4 * W <= n; i += 4 * W) {
+      if (ahead != nullptr) {  // 4 W values are two 64-byte lines
+        __builtin_prefetch(ahead + i);
+        __builtin_prefetch(ahead + i + 2 * W);
+      }
       a0 += f(L::load(x + i));
       a1 += f(L::load(x + i + W));
       a2 += f(L::load(x + i + 2 * W));
@@ -161,7 +169,8 @@ template <typename T, typename A> EQNORM_INLINE void long_row_moments(const T* x
   for (int64_t p = 0; p < P; p += kRowBlock) {
     const int64_t nb = std::min(kRowBlock, P - p);
     const A bm = row_sum<T, A>(x + p, nb, [](auto v) { return v; }) / static_cast<A>(nb);
-    const A bm2 = row_sum<T, A>(x + p, nb, [bm](auto v) { return (v - bm) * (v - bm); });
+    // the second pass reads the block from L1: meanwhile, fetch the next one (the rest of the row or the next row)
+    const A bm2 = row_sum<T, A>(x + p, nb, [bm](auto v) { return (v - bm) * (v - bm); }, x + p + nb);
     chan_merge<A>(count, mu, ss, static_cast<A>(nb), bm, bm2);
     count += static_cast<A>(nb);
   }
