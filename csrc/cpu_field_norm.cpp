@@ -218,19 +218,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_forward(const at::Tensor& 
                                                              double eps) {
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0);
-  at::Tensor y = at::empty_like(x), mean = x.reshape({N, x.size(2)}).clone(), m2 = at::zeros_like(mean);
+  at::Tensor y = at::empty_like(x), mean = at::empty({N, x.size(2)}, x.options()), m2 = at::empty_like(mean);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm points", [&] {
     using A = scalar_t;
     const Layout<A> l(args, weight, bias);
     const A* xp = x.data_ptr<A>();
-    A* yp = y.data_ptr<A>();
+    A *yp = y.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
     at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
       Sample<A> w(l);
       std::vector<A> zeros(l.C, A(0)), a(l.C), beta(l.C);
       for (int64_t n = begin; n < end; ++n) {
-        const A* xr = xp + n * l.C;
+        const int64_t r = n * l.C;
+        const A* xr = xp + r;
         w.coefficients(l, xr, zeros.data(), A(1), static_cast<A>(eps), a.data(), beta.data());
-        for (int64_t c = 0; c < l.C; ++c) yp[n * l.C + c] = a[c] * xr[c] + beta[c];
+        for (int64_t c = 0; c < l.C; ++c) {  // the statistics written here, while the row is in L1
+          yp[r + c] = a[c] * xr[c] + beta[c];
+          mp[r + c] = xr[c];
+          m2p[r + c] = A(0);
+        }
       }
     });
   });
