@@ -10,8 +10,6 @@
 #include "field_norm.h"
 #include "layout_view.h"
 
-#define EQNORM_ALWAYS_INLINE inline __attribute__((always_inline))
-
 namespace eqnorm {
 namespace {
 
@@ -26,36 +24,41 @@ template <typename A> std::vector<A> values(const at::Tensor& t) {
 
 const int64_t* indices(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
 
-// out[index[i]] += value(i) for i < n, adding runs of equal indices in a register first: consecutive channels mostly
-// share a group (or a centering class), and adding each straight into memory would wait on the previous store.
-template <typename A, typename F> EQNORM_ALWAYS_INLINE void add_runs(int64_t n, const int64_t* index, A* out, F value) {
-  if (n == 0) return;
-  int64_t current = index[0];
-  A run = 0;
+// Entries [entry, entry + length) that share an index (a group, a centering class) and sit on the consecutive channels
+// [channel, channel + length). Layouts are made of a few long runs (a group is a range of channels; a class is the
+// trivial copies of a group, or one field's trivial component), so the loops of the coefficient map walk runs with no
+// gathers inside, and the compiler vectorises them; any layout decomposes into runs, at worst of length 1.
+struct Run {
+  int64_t index, entry, channel, length;
+};
+
+std::vector<Run> runs(int64_t n, const int64_t* index, const int64_t* channel) {
+  std::vector<Run> out;
   for (int64_t i = 0; i < n; ++i) {
-    if (index[i] != current) {
-      out[current] += run;
-      run = 0;
-      current = index[i];
-    }
-    run += value(i);
+    const int64_t c = channel ? channel[i] : i;
+    if (!out.empty() && out.back().index == index[i] && out.back().channel + out.back().length == c)
+      ++out.back().length;
+    else
+      out.push_back({index[i], i, c, 1});
   }
-  out[current] += run;
+  return out;
 }
 
-// The layout as raw arrays in the accumulation type A, and the channel-expanded weight and bias.
+// The layout as raw arrays in the accumulation type A, its runs, and the channel-expanded weight and bias.
 template <typename A> struct Layout {
   int64_t C, G, L, K, B;
-  const int64_t *field, *group, *center_channel, *center_class, *bias_channel, *bias_index;
+  const int64_t *field, *bias_channel, *bias_index;
   std::vector<A> group_size, center_value, class_scale, bias_value, w, b;
+  std::vector<Run> groups, classes;  // channels by group; centering entries by class
 
   Layout(const LayoutArgs& l, const at::Tensor& weight, const at::Tensor& bias)
       : C(l.field_of_channel.numel()), G(l.groups()), L(l.classes()), K(l.center_channel.numel()),
-        B(l.bias_channel.numel()), field(indices(l.field_of_channel)), group(indices(l.group_of_channel)),
-        center_channel(indices(l.center_channel)), center_class(indices(l.center_class)),
-        bias_channel(indices(l.bias_channel)), bias_index(indices(l.bias_index)), group_size(values<A>(l.group_size)),
+        B(l.bias_channel.numel()), field(indices(l.field_of_channel)), bias_channel(indices(l.bias_channel)),
+        bias_index(indices(l.bias_index)), group_size(values<A>(l.group_size)),
         center_value(values<A>(l.center_value)), class_scale(values<A>(l.class_scale)),
-        bias_value(values<A>(l.bias_value)), w(C), b(C, A(0)) {
+        bias_value(values<A>(l.bias_value)), w(C), b(C, A(0)),
+        groups(runs(C, indices(l.group_of_channel), nullptr)),
+        classes(runs(K, indices(l.center_class), indices(l.center_channel))) {
     const std::vector<A> weights = values<A>(weight), biases = values<A>(bias);
     for (int64_t c = 0; c < C; ++c) w[c] = weights[field[c]];
     for (int64_t j = 0; j < B; ++j) b[bias_channel[j]] += bias_value[j] * biases[bias_index[j]];
@@ -64,10 +67,21 @@ template <typename A> struct Layout {
   // out = K m (out of length C, z of length L are scratch owned by the caller)
   void center(const A* m, A* z, A* out) const {
     std::fill(z, z + L, A(0));
-    add_runs<A>(K, center_class, z, [&](int64_t k) { return center_value[k] * m[center_channel[k]]; });
+    for (const Run& r : classes) {
+      const A *v = &center_value[r.entry], *mr = m + r.channel;
+      A sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t i = 0; i < r.length; ++i) sum += v[i] * mr[i];
+      z[r.index] += sum;
+    }
     for (int64_t l = 0; l < L; ++l) z[l] *= class_scale[l];
     std::fill(out, out + C, A(0));
-    for (int64_t k = 0; k < K; ++k) out[center_channel[k]] += center_value[k] * z[center_class[k]];
+    for (const Run& r : classes) {
+      const A *v = &center_value[r.entry], zl = z[r.index];
+      A* o = out + r.channel;
+#pragma omp simd
+      for (int64_t i = 0; i < r.length; ++i) o[i] += v[i] * zl;
+    }
   }
 };
 
@@ -80,20 +94,30 @@ template <typename A> struct Sample {
   void statistics(const Layout<A>& l, const A* m, const A* m2, A P, A eps) {
     l.center(m, z.data(), cen.data());
     std::fill(rstd.begin(), rstd.end(), A(0));
-    add_runs<A>(l.C, l.group, rstd.data(), [&](int64_t c) {
-      const A d = m[c] - cen[c];
-      return m2[c] + P * d * d;
-    });
+    const A* cn = cen.data();
+    for (const Run& r : l.groups) {
+      A sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
+        const A d = m[c] - cn[c];
+        sum += m2[c] + P * d * d;
+      }
+      rstd[r.index] += sum;
+    }
     for (int64_t g = 0; g < l.G; ++g) rstd[g] = A(1) / std::sqrt(rstd[g] / (P * l.group_size[g]) + eps);
   }
 
   // a and beta of one row
   void coefficients(const Layout<A>& l, const A* m, const A* m2, A P, A eps, A* a, A* beta) {
     statistics(l, m, m2, P, eps);
-    for (int64_t c = 0; c < l.C; ++c) {
-      const A ac = l.w[c] * rstd[l.group[c]];
-      a[c] = ac;
-      beta[c] = l.b[c] - ac * cen[c];
+    const A *w = l.w.data(), *b = l.b.data(), *cn = cen.data();
+    for (const Run& r : l.groups) {
+      const A rs = rstd[r.index];
+#pragma omp simd
+      for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
+        a[c] = w[c] * rs;
+        beta[c] = b[c] - a[c] * cn[c];
+      }
     }
   }
 
@@ -103,25 +127,37 @@ template <typename A> struct Sample {
                              A* a, A* u, A* v, A* gw) {
     statistics(l, m, m2, P, eps);
     std::fill(gvar.begin(), gvar.end(), A(0));
-    add_runs<A>(l.C, l.group, gvar.data(), [&](int64_t c) {
-      const A ga = g_a[c] - g_beta[c] * cen[c];  // the cotangent of a, through beta = b - a cen too
-      gw[c] = ga * rstd[l.group[c]];
-      return ga * l.w[c];
-    });
+    const A *w = l.w.data(), *cn = cen.data();
+    for (const Run& r : l.groups) {
+      const A rs = rstd[r.index];
+      A sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
+        const A ga = g_a[c] - g_beta[c] * cn[c];  // the cotangent of a, through beta = b - a cen too
+        gw[c] = ga * rs;
+        sum += ga * w[c];
+      }
+      gvar[r.index] += sum;
+    }
     for (int64_t g = 0; g < l.G; ++g) {  // gvar becomes the cotangent of each channel's M2
       const A rs = rstd[g];
       gvar[g] *= A(-0.5) * rs * rs * rs / (P * l.group_size[g]);
     }
-    for (int64_t c = 0; c < l.C; ++c) {
-      const A ac = l.w[c] * rstd[l.group[c]], uc = 2 * gvar[l.group[c]];
-      const A gdev = uc * P * (m[c] - cen[c]);
-      a[c] = ac;
-      u[c] = uc;
-      v[c] = gdev;
-      work[c] = -ac * g_beta[c] - gdev;  // the cotangent of cen
+    A* wk = work.data();
+    for (const Run& r : l.groups) {
+      const A rs = rstd[r.index], uc = 2 * gvar[r.index];
+#pragma omp simd
+      for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
+        const A ac = w[c] * rs, gdev = uc * P * (m[c] - cn[c]);
+        a[c] = ac;
+        u[c] = uc;
+        v[c] = gdev;
+        wk[c] = -ac * g_beta[c] - gdev;  // the cotangent of cen
+      }
     }
-    l.center(work.data(), z.data(), cen.data());  // K is symmetric: K^T g = K g
-    for (int64_t c = 0; c < l.C; ++c) v[c] = (v[c] + cen[c]) / P - u[c] * m[c];
+    l.center(wk, z.data(), cen.data());  // K is symmetric: K^T g = K g
+#pragma omp simd
+    for (int64_t c = 0; c < l.C; ++c) v[c] = (v[c] + cn[c]) / P - u[c] * m[c];
   }
 };
 
