@@ -13,13 +13,17 @@
 namespace eqnorm {
 namespace {
 
-// The entries of a small 1D floating tensor in type A (read in place for float and double: no dispatch per call).
-template <typename A> std::vector<A> values(const at::Tensor& t) {
+// Copies the entries of a small 1D floating tensor to out in type A (read in place for float and double).
+template <typename A> void read_values(const at::Tensor& t, A* out) {
   const at::Tensor c = t.contiguous();
-  if (c.scalar_type() == at::kDouble) return std::vector<A>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
-  if (c.scalar_type() == at::kFloat) return std::vector<A>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-  const at::Tensor d = c.to(at::kDouble);
-  return std::vector<A>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+  if (c.scalar_type() == at::kDouble) {
+    std::copy(c.data_ptr<double>(), c.data_ptr<double>() + c.numel(), out);
+  } else if (c.scalar_type() == at::kFloat) {
+    std::copy(c.data_ptr<float>(), c.data_ptr<float>() + c.numel(), out);
+  } else {
+    const at::Tensor d = c.to(at::kDouble);
+    std::copy(d.data_ptr<double>(), d.data_ptr<double>() + d.numel(), out);
+  }
 }
 
 const int64_t* indices(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
@@ -32,43 +36,71 @@ struct Run {
   int64_t index, entry, channel, length;
 };
 
-std::vector<Run> runs(int64_t n, const int64_t* index, const int64_t* channel) {
-  std::vector<Run> out;
+// Appends the runs of entries 0 .. n-1 with the given index, on channel[i] (or channel i when channel is null).
+void add_runs(std::vector<Run>& out, int64_t n, const int64_t* index, const int64_t* channel) {
+  const size_t first = out.size();
   for (int64_t i = 0; i < n; ++i) {
     const int64_t c = channel ? channel[i] : i;
-    if (!out.empty() && out.back().index == index[i] && out.back().channel + out.back().length == c)
+    if (out.size() > first && out.back().index == index[i] && out.back().channel + out.back().length == c)
       ++out.back().length;
     else
       out.push_back({index[i], i, c, 1});
   }
-  return out;
 }
 
-// The layout as raw arrays in the accumulation type A, its runs, and the channel-expanded weight and bias.
+struct Runs {
+  const Run *first, *last;
+  const Run* begin() const { return first; }
+  const Run* end() const { return last; }
+};
+
+// The layout as raw arrays in the accumulation type A, its runs, and the channel-expanded weight and bias, in two
+// allocations (a small call is made of little else).
 template <typename A> struct Layout {
   int64_t C, G, L, K, B;
   const int64_t *field, *bias_channel, *bias_index;
-  std::vector<A> group_size, center_value, class_scale, bias_value, w, b;
-  std::vector<Run> groups, classes;  // channels by group; centering entries by class
+  std::vector<A> store;
+  const A *group_size, *center_value, *class_scale, *bias_value, *w, *b;
+  std::vector<Run> all_runs;
+  Runs groups, classes;  // channels by group; centering entries by class
 
   Layout(const LayoutArgs& l, const at::Tensor& weight, const at::Tensor& bias)
       : C(l.field_of_channel.numel()), G(l.groups()), L(l.classes()), K(l.center_channel.numel()),
         B(l.bias_channel.numel()), field(indices(l.field_of_channel)), bias_channel(indices(l.bias_channel)),
-        bias_index(indices(l.bias_index)), group_size(values<A>(l.group_size)),
-        center_value(values<A>(l.center_value)), class_scale(values<A>(l.class_scale)),
-        bias_value(values<A>(l.bias_value)), w(C), b(C, A(0)),
-        groups(runs(C, indices(l.group_of_channel), nullptr)),
-        classes(runs(K, indices(l.center_class), indices(l.center_channel))) {
-    const std::vector<A> weights = values<A>(weight), biases = values<A>(bias);
-    for (int64_t c = 0; c < C; ++c) w[c] = weights[field[c]];
-    for (int64_t j = 0; j < B; ++j) b[bias_channel[j]] += bias_value[j] * biases[bias_index[j]];
+        bias_index(indices(l.bias_index)) {
+    const int64_t F = weight.numel(), NB = bias.numel();
+    store.assign(G + K + L + B + 2 * C + F + NB, A(0));
+    A* p = store.data();
+    const std::pair<const at::Tensor*, const A**> arrays[] = {{&l.group_size, &group_size},
+                                                              {&l.center_value, &center_value},
+                                                              {&l.class_scale, &class_scale},
+                                                              {&l.bias_value, &bias_value}};
+    for (const auto& [tensor, pointer] : arrays) {
+      read_values<A>(*tensor, p);
+      *pointer = p;
+      p += tensor->numel();
+    }
+    A *wc = p, *bc = p + C, *weights = p + 2 * C, *biases = p + 2 * C + F;
+    read_values<A>(weight, weights);
+    read_values<A>(bias, biases);
+    for (int64_t c = 0; c < C; ++c) wc[c] = weights[field[c]];
+    for (int64_t j = 0; j < B; ++j) bc[bias_channel[j]] += bias_value[j] * biases[bias_index[j]];
+    w = wc;
+    b = bc;
+    all_runs.reserve(C + K);
+    add_runs(all_runs, C, indices(l.group_of_channel), nullptr);
+    const size_t split = all_runs.size();
+    add_runs(all_runs, K, indices(l.center_class), indices(l.center_channel));
+    groups = {all_runs.data(), all_runs.data() + split};
+    classes = {all_runs.data() + split, all_runs.data() + all_runs.size()};
   }
+  Layout(const Layout&) = delete;  // the run spans point into all_runs
 
   // out = K m (out of length C, z of length L are scratch owned by the caller)
   void center(const A* m, A* z, A* out) const {
     std::fill(z, z + L, A(0));
     for (const Run& r : classes) {
-      const A *v = &center_value[r.entry], *mr = m + r.channel;
+      const A *v = center_value + r.entry, *mr = m + r.channel;
       A sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (int64_t i = 0; i < r.length; ++i) sum += v[i] * mr[i];
@@ -77,7 +109,7 @@ template <typename A> struct Layout {
     for (int64_t l = 0; l < L; ++l) z[l] *= class_scale[l];
     std::fill(out, out + C, A(0));
     for (const Run& r : classes) {
-      const A *v = &center_value[r.entry], zl = z[r.index];
+      const A *v = center_value + r.entry, zl = z[r.index];
       A* o = out + r.channel;
 #pragma omp simd
       for (int64_t i = 0; i < r.length; ++i) o[i] += v[i] * zl;
@@ -85,16 +117,22 @@ template <typename A> struct Layout {
   }
 };
 
-// One thread's working memory for one sample.
+// One thread's working memory for one sample, and `arrays` more arrays of C values for the caller (array(i)).
 template <typename A> struct Sample {
-  std::vector<A> z, cen, work, rstd, gvar;
-  explicit Sample(const Layout<A>& l) : z(l.L), cen(l.C), work(l.C), rstd(l.G), gvar(l.G) {}
+  std::vector<A> memory;
+  A *z, *cen, *work, *rstd, *gvar, *arrays;
+  int64_t C;
+  explicit Sample(const Layout<A>& l, int64_t count = 0)
+      : memory(l.L + (2 + count) * l.C + 2 * l.G), z(memory.data()), cen(z + l.L), work(cen + l.C), rstd(work + l.C),
+        gvar(rstd + l.G), arrays(gvar + l.G), C(l.C) {}
+  Sample(const Sample&) = delete;  // the pointers point into memory
+  A* array(int64_t i) { return arrays + i * C; }
 
   // cen = K m and rstd per group for statistics m, m2 over P values per channel
   void statistics(const Layout<A>& l, const A* m, const A* m2, A P, A eps) {
-    l.center(m, z.data(), cen.data());
-    std::fill(rstd.begin(), rstd.end(), A(0));
-    const A* cn = cen.data();
+    l.center(m, z, cen);
+    std::fill(rstd, rstd + l.G, A(0));
+    const A* cn = cen;
     for (const Run& r : l.groups) {
       A sum = 0;
 #pragma omp simd reduction(+ : sum)
@@ -110,7 +148,7 @@ template <typename A> struct Sample {
   // a and beta of one row
   void coefficients(const Layout<A>& l, const A* m, const A* m2, A P, A eps, A* a, A* beta) {
     statistics(l, m, m2, P, eps);
-    const A *w = l.w.data(), *b = l.b.data(), *cn = cen.data();
+    const A *w = l.w, *b = l.b, *cn = cen;
     for (const Run& r : l.groups) {
       const A rs = rstd[r.index];
 #pragma omp simd
@@ -126,8 +164,8 @@ template <typename A> struct Sample {
   void coefficients_backward(const Layout<A>& l, const A* m, const A* m2, A P, A eps, const A* g_a, const A* g_beta,
                              A* a, A* u, A* v, A* gw) {
     statistics(l, m, m2, P, eps);
-    std::fill(gvar.begin(), gvar.end(), A(0));
-    const A *w = l.w.data(), *cn = cen.data();
+    std::fill(gvar, gvar + l.G, A(0));
+    const A *w = l.w, *cn = cen;
     for (const Run& r : l.groups) {
       const A rs = rstd[r.index];
       A sum = 0;
@@ -143,7 +181,7 @@ template <typename A> struct Sample {
       const A rs = rstd[g];
       gvar[g] *= A(-0.5) * rs * rs * rs / (P * l.group_size[g]);
     }
-    A* wk = work.data();
+    A* wk = work;
     for (const Run& r : l.groups) {
       const A rs = rstd[r.index], uc = 2 * gvar[r.index];
 #pragma omp simd
@@ -155,7 +193,7 @@ template <typename A> struct Sample {
         wk[c] = -ac * g_beta[c] - gdev;  // the cotangent of cen
       }
     }
-    l.center(wk, z.data(), cen.data());  // K is symmetric: K^T g = K g
+    l.center(wk, z, cen);  // K is symmetric: K^T g = K g
 #pragma omp simd
     for (int64_t c = 0; c < l.C; ++c) v[c] = (v[c] + cn[c]) / P - u[c] * m[c];
   }
@@ -227,13 +265,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
     A *ap = a.data_ptr<A>(), *up = u.data_ptr<A>(), *vp = v.data_ptr<A>();
     ChunkSums<A> sums(S, C, 1);
     at::parallel_for(0, S, 16, [&](int64_t begin, int64_t end) {
-      Sample<A> w(l);
-      std::vector<A> gw(C);
+      Sample<A> w(l, 1);
+      A* gw = w.array(0);
       for (int64_t n = begin; n < end; ++n) {
         const int64_t r = n * C;
         w.coefficients_backward(l, st.mean + r, st.m2 + r, st.count(n), st.eps, gaxp + r, gbp + r, ap + r, up + r,
-                                vp + r, gw.data());
-        sums.add(n, gw.data(), gbp + r);
+                                vp + r, gw);
+        sums.add(n, gw, gbp + r);
       }
     });
     sums.finish(l, dweight.data_ptr<A>(), dbias.data_ptr<A>());
@@ -261,12 +299,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_forward(const at::Tensor& 
     const A* xp = x.data_ptr<A>();
     A *yp = y.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
     at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-      Sample<A> w(l);
-      std::vector<A> zeros(l.C, A(0)), a(l.C), beta(l.C);
+      Sample<A> w(l, 3);
+      A *zeros = w.array(0), *a = w.array(1), *beta = w.array(2);
+      std::fill(zeros, zeros + l.C, A(0));
       for (int64_t n = begin; n < end; ++n) {
         const int64_t r = n * l.C;
         const A* xr = xp + r;
-        w.coefficients(l, xr, zeros.data(), A(1), static_cast<A>(eps), a.data(), beta.data());
+        w.coefficients(l, xr, zeros, A(1), static_cast<A>(eps), a, beta);
         for (int64_t c = 0; c < l.C; ++c) {  // the statistics written here, while the row is in L1
           yp[r + c] = a[c] * xr[c] + beta[c];
           mp[r + c] = xr[c];
@@ -294,15 +333,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_backward(const at::Tensor&
     constexpr int64_t kChunk = 64;  // rows per chunk of parameter sums: one sum per row would double the traffic
     ChunkSums<A> sums(N, C, kChunk);
     at::parallel_for(0, sums.chunks(N), 1, [&](int64_t begin, int64_t end) {
-      Sample<A> w(l);
-      std::vector<A> zeros(C, A(0)), g_a(C), a(C), u(C), v(C), gw(C);
+      Sample<A> w(l, 6);
+      A *zeros = w.array(0), *g_a = w.array(1), *a = w.array(2), *u = w.array(3), *v = w.array(4), *gw = w.array(5);
+      std::fill(zeros, zeros + C, A(0));
       for (int64_t n = begin * kChunk; n < std::min(N, end * kChunk); ++n) {
         const A *xr = xp + n * C, *g = dyp + n * C;
         for (int64_t c = 0; c < C; ++c) g_a[c] = g[c] * xr[c];
-        w.coefficients_backward(l, xr, zeros.data(), A(1), static_cast<A>(eps), g_a.data(), g, a.data(), u.data(),
-                                v.data(), gw.data());
+        w.coefficients_backward(l, xr, zeros, A(1), static_cast<A>(eps), g_a, g, a, u,
+                                v, gw);
         for (int64_t c = 0; c < C; ++c) dxp[n * C + c] = a[c] * g[c] + u[c] * xr[c] + v[c];
-        sums.add(n, gw.data(), g);
+        sums.add(n, gw, g);
       }
     });
     sums.finish(l, dweight.data_ptr<A>(), dbias.data_ptr<A>());
@@ -335,13 +375,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_forward(const at::Tensor&
     const A* xp = x.data_ptr<A>();
     A *yp = y.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      Sample<A> w(l);
-      std::vector<A> a(C), beta(C);
+      Sample<A> w(l, 2);
+      A *a = w.array(0), *beta = w.array(1);
       for (int64_t n = begin; n < end; ++n) {
         const A* xs = xp + n * C * P;
         A* ys = yp + n * C * P;
         cpu_rows::moments<A, A>(xs, C, P, mp + n * C, m2p + n * C);
-        w.coefficients(l, mp + n * C, m2p + n * C, static_cast<A>(P), static_cast<A>(eps), a.data(), beta.data());
+        w.coefficients(l, mp + n * C, m2p + n * C, static_cast<A>(P), static_cast<A>(eps), a, beta);
         for (int64_t c = 0; c < C; ++c) cpu_rows::affine_any<A, A>(xs + c * P, &a[c], &beta[c], 0, ys + c * P, P);
       }
     });
@@ -364,15 +404,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_backward(const at::Tensor
     A* dxp = dx.data_ptr<A>();
     ChunkSums<A> sums(N, C, 1);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      Sample<A> w(l);
-      std::vector<A> sdy(C), sdyx(C), a(C), u(C), v(C), gw(C);
+      Sample<A> w(l, 6);
+      A *sdy = w.array(0), *sdyx = w.array(1), *a = w.array(2), *u = w.array(3), *v = w.array(4), *gw = w.array(5);
       for (int64_t n = begin; n < end; ++n) {
         const A *xs = xp + n * C * P, *gs = dyp + n * C * P;
         A* dxs = dxp + n * C * P;
-        cpu_rows::sums<A, A>(gs, xs, C, P, sdy.data(), sdyx.data());
-        w.coefficients_backward(l, mp + n * C, m2p + n * C, static_cast<A>(P), static_cast<A>(eps), sdyx.data(),
-                                sdy.data(), a.data(), u.data(), v.data(), gw.data());
-        sums.add(n, gw.data(), sdy.data());
+        cpu_rows::sums<A, A>(gs, xs, C, P, sdy, sdyx);
+        w.coefficients_backward(l, mp + n * C, m2p + n * C, static_cast<A>(P), static_cast<A>(eps), sdyx,
+                                sdy, a, u, v, gw);
+        sums.add(n, gw, sdy);
         for (int64_t c = 0; c < C; ++c)
           cpu_rows::affine_backward_any<A, A>(gs + c * P, xs + c * P, &a[c], &u[c], &v[c], 0, dxs + c * P, P);
       }
