@@ -354,13 +354,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_backward(const at::Tensor&
 // its moments, its coefficient map and its affine pass in turn, so the second read of its C x P values comes from
 // cache, no (N, C) coefficient arrays are written, and the three steps share one parallel region. Every row goes
 // through the same arithmetic as in the passes (cpu_rows.h, Sample, ChunkSums with one row per chunk), so the two give
-// the same bits; the passes stay for fewer samples than threads, where they spread one sample's rows over threads.
+// the same bits. The passes stay where samples would share the threads unevenly (fewer samples than threads, or 3
+// samples on 2 threads), as they spread every sample's rows over all threads.
 constexpr int64_t kSerialElements = 32768;  // below this a call runs on one thread either way
 
 bool per_sample(const at::Tensor& x, const std::optional<at::Tensor>& ptr, bool last, bool batch) {
-  return !ptr.has_value() && !last && !batch && x.numel() > 0 &&
-         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
-         (x.size(0) >= at::get_num_threads() || x.numel() <= kSerialElements);
+  if (ptr.has_value() || last || batch || x.numel() == 0 ||
+      !(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble))
+    return false;
+  const int64_t N = x.size(0), T = at::get_num_threads(), busiest = (N + T - 1) / T;
+  return x.numel() <= kSerialElements || 4 * busiest * T <= 5 * N;  // the busiest thread at most 25% over the mean
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_forward(const at::Tensor& x_in, const at::Tensor& weight,
