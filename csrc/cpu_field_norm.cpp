@@ -2,8 +2,11 @@
 // sparse entries one sample at a time (the same formulas as coefficients_aten, without a dozen (N, C) temporaries).
 #include <ATen/Parallel.h>
 
+#include <array>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
+#include <utility>
 #include <vector>
 
 #include "cpu_rows.h"
@@ -48,23 +51,36 @@ void add_runs(std::vector<Run>& out, int64_t n, const int64_t* index, const int6
   }
 }
 
-struct Runs {
-  const Run *first, *last;
-  const Run* begin() const { return first; }
-  const Run* end() const { return last; }
+template <typename T> struct Span {
+  const T *first, *last;
+  const T* begin() const { return first; }
+  const T* end() const { return last; }
 };
 
-// The layout as raw arrays in the accumulation type A, its runs, and the channel-expanded weight and bias, in two
-// allocations (a small call is made of little else).
+// Whole groups on the channels [begin, end), with the centering runs that lie on them: all that the coefficient map of
+// those channels reads, so a sample can be normalized part by part while each part's values stay in cache. A layout
+// whose groups are ranges of channels and whose classes each lie in one group splits into parts of whole groups; any
+// other layout is one part. Parts give the same bits as the whole row: each group and class sums the same runs in the
+// same order.
+struct Part {
+  int64_t begin, end;
+  Span<Run> groups, classes;
+  Span<int64_t> group_ids, class_ids;  // the groups and classes to reset and finish
+};
+
+// The layout as raw arrays in the accumulation type A, its parts, and the channel-expanded weight and bias.
 template <typename A> struct Layout {
   int64_t C, G, L, K, B;
   const int64_t *field, *bias_channel, *bias_index;
   std::vector<A> store;
   const A *group_size, *center_value, *class_scale, *bias_value, *w, *b;
-  std::vector<Run> all_runs;
-  Runs groups, classes;  // channels by group; centering entries by class
+  std::vector<Run> runs;       // per part: its group runs, then its class runs
+  std::vector<int64_t> ids;    // per part: its group ids, then its class ids
+  std::vector<Part> parts;
 
-  Layout(const LayoutArgs& l, const at::Tensor& weight, const at::Tensor& bias)
+  // part_channels: the most channels a part may hold (a single group may hold more)
+  Layout(const LayoutArgs& l, const at::Tensor& weight, const at::Tensor& bias,
+         int64_t part_channels = std::numeric_limits<int64_t>::max())
       : C(l.field_of_channel.numel()), G(l.groups()), L(l.classes()), K(l.center_channel.numel()),
         B(l.bias_channel.numel()), field(indices(l.field_of_channel)), bias_channel(indices(l.bias_channel)),
         bias_index(indices(l.bias_index)) {
@@ -87,28 +103,93 @@ template <typename A> struct Layout {
     for (int64_t j = 0; j < B; ++j) bc[bias_channel[j]] += bias_value[j] * biases[bias_index[j]];
     w = wc;
     b = bc;
-    all_runs.reserve(C + K);
-    add_runs(all_runs, C, indices(l.group_of_channel), nullptr);
-    const size_t split = all_runs.size();
-    add_runs(all_runs, K, indices(l.center_class), indices(l.center_channel));
-    groups = {all_runs.data(), all_runs.data() + split};
-    classes = {all_runs.data() + split, all_runs.data() + all_runs.size()};
+    split(l, part_channels);
   }
-  Layout(const Layout&) = delete;  // the run spans point into all_runs
+  Layout(const Layout&) = delete;  // the parts point into runs and ids
 
-  // out = K m (out of length C, z of length L are scratch owned by the caller)
-  void center(const A* m, A* z, A* out) const {
-    std::fill(z, z + L, A(0));
-    for (const Run& r : classes) {
+  void split(const LayoutArgs& l, int64_t part_channels) {
+    if (part_channels < C && split_by_groups(l, part_channels)) return;
+    // one part, built in place: a small call is made of little else
+    runs.reserve(C + K);
+    add_runs(runs, C, indices(l.group_of_channel), nullptr);
+    const size_t middle = runs.size();
+    add_runs(runs, K, indices(l.center_class), indices(l.center_channel));
+    ids.resize(G + L);
+    for (int64_t g = 0; g < G; ++g) ids[g] = g;
+    for (int64_t c = 0; c < L; ++c) ids[G + c] = c;
+    parts.push_back({0, C, {runs.data(), runs.data() + middle}, {runs.data() + middle, runs.data() + runs.size()},
+                     {ids.data(), ids.data() + G}, {ids.data() + G, ids.data() + G + L}});
+  }
+
+  // Parts of whole groups of at most part_channels channels (or one group), if every group is one range of channels
+  // and every class lies in one group; false, with nothing built, otherwise.
+  bool split_by_groups(const LayoutArgs& l, int64_t part_channels) {
+    const int64_t* group = indices(l.group_of_channel);
+    std::vector<Run> group_runs, class_runs;
+    add_runs(group_runs, C, group, nullptr);
+    add_runs(class_runs, K, indices(l.center_class), indices(l.center_channel));
+    std::vector<int64_t> part_of_group(G, 0), group_of_class(L, -1);
+    std::vector<char> seen(G, 0);
+    for (const Run& r : group_runs)
+      if (std::exchange(seen[r.index], 1)) return false;
+    for (const Run& r : class_runs)
+      for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
+        if (group_of_class[r.index] < 0) group_of_class[r.index] = group[c];
+        if (group_of_class[r.index] != group[c]) return false;
+      }
+    int64_t count = 1, held = 0;
+    for (const Run& r : group_runs) {  // in channel order
+      if (held > 0 && held + r.length > part_channels) {
+        ++count;
+        held = 0;
+      }
+      part_of_group[r.index] = count - 1;
+      held += r.length;
+    }
+    runs.reserve(group_runs.size() + class_runs.size());
+    ids.reserve(G + L);
+    std::vector<std::array<size_t, 4>> offsets(count + 1);  // per part: runs and ids of its groups, then its classes
+    std::vector<char> listed(L, 0);
+    for (int64_t q = 0; q <= count; ++q) {
+      offsets[q] = {runs.size(), ids.size(), 0, 0};
+      if (q == count) break;
+      for (const Run& r : group_runs)
+        if (part_of_group[r.index] == q) {
+          runs.push_back(r);
+          ids.push_back(r.index);
+        }
+      offsets[q][2] = runs.size();
+      offsets[q][3] = ids.size();
+      for (const Run& r : class_runs)
+        if (part_of_group[group_of_class[r.index]] == q) {
+          runs.push_back(r);
+          if (!std::exchange(listed[r.index], 1)) ids.push_back(r.index);
+        }
+    }
+    parts.reserve(count);
+    for (int64_t q = 0; q < count; ++q) {
+      const auto &o = offsets[q], &next = offsets[q + 1];
+      const Run &first = runs[o[0]], &last = runs[o[2] - 1];
+      parts.push_back({first.channel, last.channel + last.length, {runs.data() + o[0], runs.data() + o[2]},
+                       {runs.data() + o[2], runs.data() + next[0]}, {ids.data() + o[1], ids.data() + o[3]},
+                       {ids.data() + o[3], ids.data() + next[1]}});
+    }
+    return true;
+  }
+
+  // out = K m on the part's channels (z of length L is scratch owned by the caller)
+  void center(const Part& q, const A* m, A* z, A* out) const {
+    for (int64_t c : q.class_ids) z[c] = A(0);
+    for (const Run& r : q.classes) {
       const A *v = center_value + r.entry, *mr = m + r.channel;
       A sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (int64_t i = 0; i < r.length; ++i) sum += v[i] * mr[i];
       z[r.index] += sum;
     }
-    for (int64_t l = 0; l < L; ++l) z[l] *= class_scale[l];
-    std::fill(out, out + C, A(0));
-    for (const Run& r : classes) {
+    for (int64_t c : q.class_ids) z[c] *= class_scale[c];
+    std::fill(out + q.begin, out + q.end, A(0));
+    for (const Run& r : q.classes) {
       const A *v = center_value + r.entry, zl = z[r.index];
       A* o = out + r.channel;
 #pragma omp simd
@@ -117,7 +198,8 @@ template <typename A> struct Layout {
   }
 };
 
-// One thread's working memory for one sample, and `arrays` more arrays of C values for the caller (array(i)).
+// One thread's working memory for one sample, and `arrays` more arrays of C values for the caller (array(i)). The
+// maps below fill the part's channels of their outputs.
 template <typename A> struct Sample {
   std::vector<A> memory;
   A *z, *cen, *work, *rstd, *gvar, *arrays;
@@ -129,11 +211,11 @@ template <typename A> struct Sample {
   A* array(int64_t i) { return arrays + i * C; }
 
   // cen = K m and rstd per group for statistics m, m2 over P values per channel
-  void statistics(const Layout<A>& l, const A* m, const A* m2, A P, A eps) {
-    l.center(m, z, cen);
-    std::fill(rstd, rstd + l.G, A(0));
+  void statistics(const Layout<A>& l, const Part& q, const A* m, const A* m2, A P, A eps) {
+    l.center(q, m, z, cen);
+    for (int64_t g : q.group_ids) rstd[g] = A(0);
     const A* cn = cen;
-    for (const Run& r : l.groups) {
+    for (const Run& r : q.groups) {
       A sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
@@ -142,14 +224,14 @@ template <typename A> struct Sample {
       }
       rstd[r.index] += sum;
     }
-    for (int64_t g = 0; g < l.G; ++g) rstd[g] = A(1) / std::sqrt(rstd[g] / (P * l.group_size[g]) + eps);
+    for (int64_t g : q.group_ids) rstd[g] = A(1) / std::sqrt(rstd[g] / (P * l.group_size[g]) + eps);
   }
 
   // a and beta of one row
-  void coefficients(const Layout<A>& l, const A* m, const A* m2, A P, A eps, A* a, A* beta) {
-    statistics(l, m, m2, P, eps);
+  void coefficients(const Layout<A>& l, const Part& q, const A* m, const A* m2, A P, A eps, A* a, A* beta) {
+    statistics(l, q, m, m2, P, eps);
     const A *w = l.w, *b = l.b, *cn = cen;
-    for (const Run& r : l.groups) {
+    for (const Run& r : q.groups) {
       const A rs = rstd[r.index];
 #pragma omp simd
       for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
@@ -161,12 +243,12 @@ template <typename A> struct Sample {
 
   // a, u, v of one row (dx = a dy + u x + v) and the weight cotangent per channel gw, from g_a = sum dy x and
   // g_beta = sum dy
-  void coefficients_backward(const Layout<A>& l, const A* m, const A* m2, A P, A eps, const A* g_a, const A* g_beta,
-                             A* a, A* u, A* v, A* gw) {
-    statistics(l, m, m2, P, eps);
-    std::fill(gvar, gvar + l.G, A(0));
+  void coefficients_backward(const Layout<A>& l, const Part& q, const A* m, const A* m2, A P, A eps, const A* g_a,
+                             const A* g_beta, A* a, A* u, A* v, A* gw) {
+    statistics(l, q, m, m2, P, eps);
+    for (int64_t g : q.group_ids) gvar[g] = A(0);
     const A *w = l.w, *cn = cen;
-    for (const Run& r : l.groups) {
+    for (const Run& r : q.groups) {
       const A rs = rstd[r.index];
       A sum = 0;
 #pragma omp simd reduction(+ : sum)
@@ -177,12 +259,12 @@ template <typename A> struct Sample {
       }
       gvar[r.index] += sum;
     }
-    for (int64_t g = 0; g < l.G; ++g) {  // gvar becomes the cotangent of each channel's M2
+    for (int64_t g : q.group_ids) {  // gvar becomes the cotangent of each channel's M2
       const A rs = rstd[g];
       gvar[g] *= A(-0.5) * rs * rs * rs / (P * l.group_size[g]);
     }
     A* wk = work;
-    for (const Run& r : l.groups) {
+    for (const Run& r : q.groups) {
       const A rs = rstd[r.index], uc = 2 * gvar[r.index];
 #pragma omp simd
       for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
@@ -193,9 +275,18 @@ template <typename A> struct Sample {
         wk[c] = -ac * g_beta[c] - gdev;  // the cotangent of cen
       }
     }
-    l.center(wk, z, cen);  // K is symmetric: K^T g = K g
+    l.center(q, wk, z, cen);  // K is symmetric: K^T g = K g
 #pragma omp simd
-    for (int64_t c = 0; c < l.C; ++c) v[c] = (v[c] + cn[c]) / P - u[c] * m[c];
+    for (int64_t c = q.begin; c < q.end; ++c) v[c] = (v[c] + cn[c]) / P - u[c] * m[c];
+  }
+
+  // the whole row, part by part
+  void coefficients(const Layout<A>& l, const A* m, const A* m2, A P, A eps, A* a, A* beta) {
+    for (const Part& q : l.parts) coefficients(l, q, m, m2, P, eps, a, beta);
+  }
+  void coefficients_backward(const Layout<A>& l, const A* m, const A* m2, A P, A eps, const A* g_a, const A* g_beta,
+                             A* a, A* u, A* v, A* gw) {
+    for (const Part& q : l.parts) coefficients_backward(l, q, m, m2, P, eps, g_a, g_beta, a, u, v, gw);
   }
 };
 
@@ -351,12 +442,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_backward(const at::Tensor&
 }
 
 // Channels-first samples with statistics of their own (group, layer and instance norms): one task per sample takes
-// its moments, its coefficient map and its affine pass in turn, so the second read of its C x P values comes from
-// cache, no (N, C) coefficient arrays are written, and the three steps share one parallel region. Every row goes
+// its moments, its coefficient map and its affine pass in turn, part by part (Part: a few whole groups, about 256 KB of
+// values), so the second read of the values comes from cache, no (N, C) coefficient arrays are written, and the
+// three steps share one parallel region. Every row goes
 // through the same arithmetic as in the passes (cpu_rows.h, Sample, ChunkSums with one row per chunk), so the two give
 // the same bits. The passes stay where samples would share the threads unevenly (fewer samples than threads, or 3
 // samples on 2 threads), as they spread every sample's rows over all threads.
 constexpr int64_t kSerialElements = 32768;  // below this a call runs on one thread either way
+
+// The most channels of P values a part may hold so that its values stay in a core's L2 cache between its passes.
+int64_t part_channels(int64_t P, size_t size) {
+  constexpr int64_t kPartBytes = 256 * 1024;
+  return std::max<int64_t>(1, kPartBytes / std::max<int64_t>(1, P * static_cast<int64_t>(size)));
+}
 
 bool per_sample(const at::Tensor& x, const std::optional<at::Tensor>& ptr, bool last, bool batch) {
   if (ptr.has_value() || last || batch || x.numel() == 0 ||
@@ -374,7 +472,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_forward(const at::Tensor&
   at::Tensor y = at::empty_like(x), mean = at::empty({N, C}, x.options()), m2 = at::empty({N, C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm per sample", [&] {
     using A = scalar_t;
-    const Layout<A> l(checked.layout, weight, bias);
+    const Layout<A> l(checked.layout, weight, bias, part_channels(P, sizeof(A)));
     const A* xp = x.data_ptr<A>();
     A *yp = y.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
@@ -382,10 +480,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_forward(const at::Tensor&
       A *a = w.array(0), *beta = w.array(1);
       for (int64_t n = begin; n < end; ++n) {
         const A* xs = xp + n * C * P;
-        A* ys = yp + n * C * P;
-        cpu_rows::moments<A, A>(xs, C, P, mp + n * C, m2p + n * C);
-        w.coefficients(l, mp + n * C, m2p + n * C, static_cast<A>(P), static_cast<A>(eps), a, beta);
-        for (int64_t c = 0; c < C; ++c) cpu_rows::affine_any<A, A>(xs + c * P, &a[c], &beta[c], 0, ys + c * P, P);
+        A *ys = yp + n * C * P, *ms = mp + n * C, *m2s = m2p + n * C;
+        for (const Part& q : l.parts) {
+          cpu_rows::moments<A, A>(xs + q.begin * P, q.end - q.begin, P, ms + q.begin, m2s + q.begin);
+          w.coefficients(l, q, ms, m2s, static_cast<A>(P), static_cast<A>(eps), a, beta);
+          for (int64_t c = q.begin; c < q.end; ++c)
+            cpu_rows::affine_any<A, A>(xs + c * P, &a[c], &beta[c], 0, ys + c * P, P);
+        }
       }
     });
   });
@@ -402,7 +503,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_backward(const at::Tensor
   at::Tensor dweight = at::zeros(weight.sizes(), x.options()), dbias = at::zeros(bias.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm_backward per sample", [&] {
     using A = scalar_t;
-    const Layout<A> l(checked.layout, weight, bias);
+    const Layout<A> l(checked.layout, weight, bias, part_channels(2 * P, sizeof(A)));  // dy and x
     const A *xp = x.data_ptr<A>(), *dyp = dy.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
     A* dxp = dx.data_ptr<A>();
     ChunkSums<A> sums(N, C, 1);
@@ -412,12 +513,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_backward(const at::Tensor
       for (int64_t n = begin; n < end; ++n) {
         const A *xs = xp + n * C * P, *gs = dyp + n * C * P;
         A* dxs = dxp + n * C * P;
-        cpu_rows::sums<A, A>(gs, xs, C, P, sdy, sdyx);
-        w.coefficients_backward(l, mp + n * C, m2p + n * C, static_cast<A>(P), static_cast<A>(eps), sdyx,
-                                sdy, a, u, v, gw);
+        for (const Part& q : l.parts) {
+          const int64_t o = q.begin * P;
+          cpu_rows::sums<A, A>(gs + o, xs + o, q.end - q.begin, P, sdy + q.begin, sdyx + q.begin);
+          w.coefficients_backward(l, q, mp + n * C, m2p + n * C, static_cast<A>(P), static_cast<A>(eps), sdyx, sdy,
+                                  a, u, v, gw);
+          for (int64_t c = q.begin; c < q.end; ++c)
+            cpu_rows::affine_backward_any<A, A>(gs + c * P, xs + c * P, &a[c], &u[c], &v[c], 0, dxs + c * P, P);
+        }
         sums.add(n, gw, sdy);
-        for (int64_t c = 0; c < C; ++c)
-          cpu_rows::affine_backward_any<A, A>(gs + c * P, xs + c * P, &a[c], &u[c], &v[c], 0, dxs + c * P, P);
       }
     });
     sums.finish(l, dweight.data_ptr<A>(), dbias.data_ptr<A>());

@@ -144,22 +144,34 @@ def test_generic_coefficient_maps_match_the_cpu_loops():
                 torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
 
 
+# 16 fields of a scalar and a vector in 4 contiguous groups of 12 channels: a layout that the per-sample layer splits
+# into parts of whole groups once a sample outgrows its cache budget of 256 KB (2049 values: 2 parts forward in
+# float32, 4 backward and in float64; 600 values: one part, but 2 backward in float64)
+CONTIGUOUS = FieldLayout(16 * [["s", "v"]], {"s": 1, "v": 2}, {"s"}, [g for g in range(4) for _ in range(4)])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("positions", [1500, 2048, 2049, 4100])  # short rows with a tail, one block, two, ragged
-def test_per_sample_layer_equals_the_passes_bit_for_bit(dtype, positions):
-    """Channels-first calls with as many samples as threads run each sample's passes in one task; with fewer they run
-    the passes over all rows. Both must give the same bits (outputs, statistics, every gradient), so no result
-    depends on the number of threads."""
+@pytest.mark.parametrize(
+    ("layout", "positions"),
+    [(LAYOUT, 1500), (LAYOUT, 2048), (LAYOUT, 2049), (LAYOUT, 4100), (CONTIGUOUS, 2049), (CONTIGUOUS, 600)],
+    ids=["short-rows", "one-block", "two-blocks", "ragged-blocks", "parts", "few-parts"],
+)
+def test_per_sample_layer_equals_the_passes_bit_for_bit(dtype, layout, positions):
+    """Channels-first calls with as many samples as threads run each sample's passes in one task (part by part when
+    the sample is large); with fewer they run the passes over all rows. Both must give the same bits (outputs,
+    statistics, every gradient), so no result depends on the number of threads."""
     gen = torch.Generator().manual_seed(2)
-    x = (torch.randn(3, 8, positions, generator=gen, dtype=torch.float64) * 3 + 2).to(dtype).requires_grad_()
+    x = torch.randn(3, layout.num_channels, positions, generator=gen, dtype=torch.float64) * 3 + 2
+    x = x.to(dtype).requires_grad_()
     dy = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
-    w, b = (p.requires_grad_() for p in parameters("cpu", dtype))
+    w = (torch.rand(layout.num_fields, generator=gen, dtype=torch.float64) + 0.5).to(dtype).requires_grad_()
+    b = torch.randn(layout.num_trivial, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
     threads = torch.get_num_threads()
     results = []
     try:
         for n in (1, 4):  # 3 samples: one task each on 1 thread; the passes on 4
             torch.set_num_threads(n)
-            y, mean, m2 = run(torch.ops.eqnorm.field_norm, x, w, b, "cpu", False, None, False)
+            y, mean, m2 = torch.ops.eqnorm.field_norm(x, w, b, layout.tensors_on("cpu"), None, False, False, 1e-5)
             results.append((y, mean, m2, *torch.autograd.grad(y, (x, w, b), dy)))
     finally:
         torch.set_num_threads(threads)
