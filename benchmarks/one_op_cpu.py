@@ -1,7 +1,9 @@
 """Per-call cost of the one-op layer against torch.nn.GroupNorm on the same input, on the CPU.
 
-Each round times every candidate once, in turn (interleaved), so both see the same machine state; the table reports
-medians over rounds and their ratio. Usage: ``python benchmarks/one_op_cpu.py [--rounds N]``.
+Each round times both candidates in turn (interleaved), each for at least 20 ms of calls, so both see the same machine
+state; the table reports the median time of each over the rounds and the median over rounds of the ratio of the two
+times taken side by side (on a shared machine the load drifts between rounds; within a round it mostly cancels).
+Usage: ``python benchmarks/one_op_cpu.py [--rounds N]``.
 """
 
 from __future__ import annotations
@@ -62,17 +64,16 @@ def main() -> None:
         ours, theirs = FieldNorm(lay), torch.nn.GroupNorm(groups, lay.num_channels)
         if len(shape) == 2:  # point features: torch's GroupNorm wants (N, C, ...) too
             x = x.reshape(*shape)
-        numel = x.numel()
-        repeat = max(1, min(2000, 2_000_000 // numel))
+        once = min(time_call(module, x, backward, 1) for module in (ours, theirs) for _ in range(3))  # warm up
+        repeat = max(1, round(0.02 / once))
         times: dict[str, list[float]] = {"ours": [], "theirs": []}
-        for module in (ours, theirs):
-            time_call(module, x, backward, repeat)  # warm up
         for _ in range(args.rounds):
             times["ours"].append(time_call(ours, x, backward, repeat))
             times["theirs"].append(time_call(theirs, x, backward, repeat))
         a, b = statistics.median(times["ours"]), statistics.median(times["theirs"])
+        ratio = statistics.median(o / t for o, t in zip(times["ours"], times["theirs"], strict=True))
         unit, scale = ("us", 1e6) if a < 1e-3 else ("ms", 1e3)
-        print(f"| {name} | {a * scale:.1f} {unit} | {b * scale:.1f} {unit} | {a / b:.2f}x |")
+        print(f"| {name} | {a * scale:.1f} {unit} | {b * scale:.1f} {unit} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":
