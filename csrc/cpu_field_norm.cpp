@@ -1,5 +1,7 @@
-// eqnorm::field_norm on the CPU: the passes of cpu_passes.cpp around a fused coefficient map that walks the layout's
-// sparse entries one sample at a time (the same formulas as coefficients_aten, without a dozen (N, C) temporaries).
+// eqnorm::field_norm on the CPU. The coefficient map (the formulas of coefficients_aten, without a dozen (N, C)
+// temporaries) walks the layout's runs one sample at a time. Around it: for channels-first samples with statistics of
+// their own, one task per sample that runs the sample's passes part by part (samples_forward); for point features,
+// one pass each way (points_forward); otherwise the passes of cpu_passes.cpp over all rows.
 #include <ATen/Parallel.h>
 
 #include <array>
