@@ -15,7 +15,7 @@ namespace eqnorm {
 namespace {
 
 constexpr int64_t kPositionBlock = 64;  // positions per two-pass block of a channels-last chunk
-constexpr int64_t kChannelChunk = 64;   // channels per channels-last task
+constexpr int64_t kChannelChunk = cpu_rows::kChannelChunk;  // channels per channels-last task
 constexpr int64_t kGrainElements = 32768;
 
 // Positions [start, start + length) of sample n.
@@ -49,17 +49,7 @@ void moments_last(const T* x, A* mean, A* m2, const RowShape& s, const int64_t* 
       A count = 0;
       for (int64_t p0 = 0; p0 < seg.length; p0 += kPositionBlock) {
         const int64_t nb = std::min(kPositionBlock, seg.length - p0);
-        const T* block = x + (seg.start + p0) * C + c0;
-        std::fill(bm, bm + width, A(0));
-        for (int64_t p = 0; p < nb; ++p)
-          for (int64_t k = 0; k < width; ++k) bm[k] += static_cast<A>(block[p * C + k]);
-        for (int64_t k = 0; k < width; ++k) bm[k] /= static_cast<A>(nb);
-        std::fill(bm2, bm2 + width, A(0));
-        for (int64_t p = 0; p < nb; ++p)
-          for (int64_t k = 0; k < width; ++k) {
-            const A d = static_cast<A>(block[p * C + k]) - bm[k];
-            bm2[k] += d * d;
-          }
+        cpu_rows::column_moments<T, A>(x + (seg.start + p0) * C + c0, nb, C, width, bm, bm2);
         for (int64_t k = 0; k < width; ++k) cpu_rows::chan_merge<A>(count, mu[k], ss[k], static_cast<A>(nb), bm[k], bm2[k]);
         count += static_cast<A>(nb);
       }
@@ -84,16 +74,8 @@ void sums_last(const T* dy, const T* x, A* sdy, A* sdyx, const RowShape& s, cons
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / chunks, c0 = (task % chunks) * kChannelChunk, width = std::min(kChannelChunk, C - c0);
       const Segment seg = segment(s, ptr, n);
-      std::fill(a1, a1 + width, A(0));
-      std::fill(a2, a2 + width, A(0));
-      for (int64_t p = 0; p < seg.length; ++p) {
-        const int64_t off = (seg.start + p) * C + c0;
-        for (int64_t k = 0; k < width; ++k) {
-          const A g = static_cast<A>(dy[off + k]);
-          a1[k] += g;
-          a2[k] += g * static_cast<A>(x[off + k]);
-        }
-      }
+      const int64_t off = seg.start * C + c0;
+      cpu_rows::column_sums<T, A>(dy + off, x + off, seg.length, C, width, a1, a2);
       std::copy(a1, a1 + width, sdy + n * C + c0);
       std::copy(a2, a2 + width, sdyx + n * C + c0);
     }

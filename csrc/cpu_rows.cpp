@@ -1,5 +1,5 @@
-// The float and double row loops of cpu_rows.h, compiled for AVX2 and for the baseline on x86-64 with GCC (the loader
-// picks one at run time).
+// The float and double row loops of cpu_rows.h and its float channel chunks, compiled for AVX2 and for the baseline
+// on x86-64 with GCC (the loader picks one at run time).
 #include "cpu_rows.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -26,5 +26,12 @@ namespace eqnorm::cpu_rows {
   }
 EQNORM_ROWS_DEFINE(float)
 EQNORM_ROWS_DEFINE(double)
+
+EQNORM_CLONES void column_moments_chunk(const float* block, int64_t n, int64_t stride, float* bm, float* bm2) {
+  column_moments_chunk_of(block, n, stride, bm, bm2);
+}
+EQNORM_CLONES void column_sums_chunk(const float* dy, const float* x, int64_t n, int64_t stride, float* a1, float* a2) {
+  column_sums_chunk_of(dy, x, n, stride, a1, a2);
+}
 
 }  // namespace eqnorm::cpu_rows

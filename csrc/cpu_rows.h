@@ -223,6 +223,105 @@ EQNORM_INLINE void rows_sums_generic(const T* dy, const T* x, int64_t rows, int6
   for (int64_t r = 0; r < rows; ++r) long_row_sums<T, A>(dy + r * P, x + r * P, P, sdy[r], sdyx[r]);
 }
 
+// Channels-last blocks (cpu_passes.cpp): n positions of `width` <= kChannelChunk consecutive channels, `stride` values
+// apart. Every channel is summed over the positions in order, whatever the width, so a channel's result does not
+// depend on the chunk it sits in.
+constexpr int64_t kChannelChunk = 64;
+
+// The mean bm and squared deviations bm2 of each channel over the block (two passes; the block stays in L1).
+template <typename T, typename A>
+EQNORM_INLINE void column_moments_generic(const T* block, int64_t n, int64_t stride, int64_t width, A* bm, A* bm2) {
+  std::fill(bm, bm + width, A(0));
+  for (int64_t p = 0; p < n; ++p)
+    for (int64_t k = 0; k < width; ++k) bm[k] += static_cast<A>(block[p * stride + k]);
+  for (int64_t k = 0; k < width; ++k) bm[k] /= static_cast<A>(n);
+  std::fill(bm2, bm2 + width, A(0));
+  for (int64_t p = 0; p < n; ++p)
+    for (int64_t k = 0; k < width; ++k) {
+      const A d = static_cast<A>(block[p * stride + k]) - bm[k];
+      bm2[k] += d * d;
+    }
+}
+
+// sum dy (a1) and sum dy x (a2) of each channel over the n positions.
+template <typename T, typename A>
+EQNORM_INLINE void column_sums_generic(const T* dy, const T* x, int64_t n, int64_t stride, int64_t width, A* a1,
+                                       A* a2) {
+  std::fill(a1, a1 + width, A(0));
+  std::fill(a2, a2 + width, A(0));
+  for (int64_t p = 0; p < n; ++p)
+    for (int64_t k = 0; k < width; ++k) {
+      const A g = static_cast<A>(dy[p * stride + k]);
+      a1[k] += g;
+      a2[k] += g * static_cast<A>(x[p * stride + k]);
+    }
+}
+
+// The same for a float chunk of kChannelChunk channels, with one vector accumulator per 8 channels held in registers
+// (the loops above store and reload every running sum at each position): the same operations per channel, so the
+// same bits.
+template <typename F> EQNORM_INLINE void column_moments_chunk_of(const F* block, int64_t n, int64_t stride, F* bm,
+                                                               F* bm2) {
+  using L = Lanes<F>;
+  using V = typename L::V;
+  constexpr int64_t W = L::kWidth, NV = kChannelChunk / W;
+  V s[NV], mu[NV];
+  for (int64_t j = 0; j < NV; ++j) s[j] = V{};
+  for (int64_t p = 0; p < n; ++p)
+    for (int64_t j = 0; j < NV; ++j) s[j] += L::load(block + p * stride + j * W);
+  for (int64_t j = 0; j < NV; ++j) {
+    mu[j] = s[j] / static_cast<F>(n);
+    s[j] = V{};
+  }
+  for (int64_t p = 0; p < n; ++p)
+    for (int64_t j = 0; j < NV; ++j) {
+      const V d = L::load(block + p * stride + j * W) - mu[j];
+      s[j] += d * d;
+    }
+  for (int64_t j = 0; j < NV; ++j) {
+    __builtin_memcpy(bm + j * W, &mu[j], sizeof(V));
+    __builtin_memcpy(bm2 + j * W, &s[j], sizeof(V));
+  }
+}
+
+template <typename F>
+EQNORM_INLINE void column_sums_chunk_of(const F* dy, const F* x, int64_t n, int64_t stride, F* a1, F* a2) {
+  using L = Lanes<F>;
+  using V = typename L::V;
+  constexpr int64_t W = L::kWidth, NV = kChannelChunk / W;
+  V s[NV], d[NV];
+  for (int64_t j = 0; j < NV; ++j) s[j] = d[j] = V{};
+  for (int64_t p = 0; p < n; ++p)
+    for (int64_t j = 0; j < NV; ++j) {
+      const V g = L::load(dy + p * stride + j * W);
+      s[j] += g;
+      d[j] += g * L::load(x + p * stride + j * W);
+    }
+  for (int64_t j = 0; j < NV; ++j) {
+    __builtin_memcpy(a1 + j * W, &s[j], sizeof(V));
+    __builtin_memcpy(a2 + j * W, &d[j], sizeof(V));
+  }
+}
+
+void column_moments_chunk(const float* block, int64_t n, int64_t stride, float* bm, float* bm2);
+void column_sums_chunk(const float* dy, const float* x, int64_t n, int64_t stride, float* a1, float* a2);
+
+template <typename T, typename A>
+void column_moments(const T* block, int64_t n, int64_t stride, int64_t width, A* bm, A* bm2) {
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
+    if (width == kChannelChunk) return column_moments_chunk(block, n, stride, bm, bm2);
+  }
+  column_moments_generic<T, A>(block, n, stride, width, bm, bm2);
+}
+
+template <typename T, typename A>
+void column_sums(const T* dy, const T* x, int64_t n, int64_t stride, int64_t width, A* a1, A* a2) {
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
+    if (width == kChannelChunk) return column_sums_chunk(dy, x, n, stride, a1, a2);
+  }
+  column_sums_generic<T, A>(dy, x, n, stride, width, a1, a2);
+}
+
 // out = a x + b over n values, with coefficients per value (stride 1) or one pair for all (stride 0).
 template <typename T, typename A>
 EQNORM_INLINE void affine_generic(const T* x, const A* a, const A* b, int64_t stride, T* out, int64_t n) {
