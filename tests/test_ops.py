@@ -179,6 +179,35 @@ def test_per_sample_layer_equals_the_passes_bit_for_bit(dtype, layout, positions
         assert torch.equal(one, other)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("ptr", "positions"), [(None, 150), (torch.tensor([0, 70, 70, 200]), 200)], ids=["dense", "ragged"]
+)
+def test_wide_channels_last_rows_match_reference(dtype, ptr, positions):
+    """Channels-last and ragged rows go in chunks of 64 channels (float chunks with their sums in registers); 80
+    channels make one full chunk and a tail of 16, over blocks of 64 positions with a ragged last block."""
+    layout = FieldLayout(16 * [["s", "v", "v"]], {"s": 1, "v": 2}, {"s"}, [g for g in range(4) for _ in range(4)])
+    gen = torch.Generator().manual_seed(3)
+    shape = (positions, layout.num_channels) if ptr is not None else (2, positions, layout.num_channels)
+    x64 = torch.randn(*shape, generator=gen, dtype=torch.float64) * 3 + 2
+    w64 = torch.rand(layout.num_fields, generator=gen, dtype=torch.float64) + 0.5
+    b64 = torch.randn(layout.num_trivial, generator=gen, dtype=torch.float64)
+    x, w, b = (t.to(dtype).requires_grad_() for t in (x64, w64, b64))
+    xr, wr, br = (t.clone().requires_grad_() for t in (x64, w64, b64))
+    t = layout.tensors_on("cpu")
+    y, mean, m2 = torch.ops.eqnorm.field_norm(x, w, b, t, ptr, True, False, 1e-5)
+    yr, mean_r, m2_r = _ops.torch_field_norm(xr, wr, br, t, ptr, True, False, 1e-5)
+    tol = TOL[dtype]
+    torch.testing.assert_close(mean.double(), mean_r.detach(), atol=tol, rtol=tol)
+    torch.testing.assert_close(m2.double(), m2_r.detach(), atol=tol * 100, rtol=tol)
+    torch.testing.assert_close(y.double(), yr.detach(), atol=tol * 4, rtol=tol)
+    dy = torch.randn(yr.shape, generator=gen, dtype=torch.float64)
+    for g, r in zip(
+        torch.autograd.grad(y, (x, w, b), dy.to(dtype)), torch.autograd.grad(yr, (xr, wr, br), dy), strict=True
+    ):
+        torch.testing.assert_close(g.double(), r, atol=tol * 20 * (1 + r.abs().max().item()), rtol=tol * 10)
+
+
 @pytest.mark.parametrize(
     ("index", "value", "message"),
     [
