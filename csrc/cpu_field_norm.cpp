@@ -432,9 +432,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_backward(const at::Tensor&
       for (int64_t n = begin * kChunk; n < std::min(N, end * kChunk); ++n) {
         const A *xr = xp + n * C, *g = dyp + n * C;
         for (int64_t c = 0; c < C; ++c) g_a[c] = g[c] * xr[c];
-        w.coefficients_backward(l, xr, zeros, A(1), static_cast<A>(eps), g_a, g, a, u,
-                                v, gw);
-        for (int64_t c = 0; c < C; ++c) dxp[n * C + c] = a[c] * g[c] + u[c] * xr[c] + v[c];
+        w.coefficients_backward(l, xr, zeros, A(1), static_cast<A>(eps), g_a, g, a, u, v, gw);
+        cpu_rows::affine_backward_any<A, A>(g, xr, a, u, v, 1, dxp + n * C, C);
         sums.add(n, gw, g);
       }
     });
@@ -446,10 +445,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_backward(const at::Tensor&
 // Channels-first samples with statistics of their own (group, layer and instance norms): one task per sample takes
 // its moments, its coefficient map and its affine pass in turn, part by part (Part: a few whole groups, about 256 KB of
 // values), so the second read of the values comes from cache, no (N, C) coefficient arrays are written, and the
-// three steps share one parallel region. Every row goes
-// through the same arithmetic as in the passes (cpu_rows.h, Sample, ChunkSums with one row per chunk), so the two give
-// the same bits. The passes stay where samples would share the threads unevenly (fewer samples than threads, or 3
-// samples on 2 threads), as they spread every sample's rows over all threads.
+// three steps share one parallel region. Every row goes through the same arithmetic as in the passes (cpu_rows.h,
+// Sample, ChunkSums with one row per chunk), so the two give the same bits. The passes stay where samples would share
+// the threads unevenly (fewer samples than threads, or 3 samples on 2 threads), as they spread every sample's rows
+// over all threads.
 constexpr int64_t kSerialElements = 32768;  // below this a call runs on one thread either way
 
 // The most channels of P values a part may hold so that its values stay in a core's L2 cache between its passes.

@@ -50,7 +50,8 @@ void moments_last(const T* x, A* mean, A* m2, const RowShape& s, const int64_t* 
       for (int64_t p0 = 0; p0 < seg.length; p0 += kPositionBlock) {
         const int64_t nb = std::min(kPositionBlock, seg.length - p0);
         cpu_rows::column_moments<T, A>(x + (seg.start + p0) * C + c0, nb, C, width, bm, bm2);
-        for (int64_t k = 0; k < width; ++k) cpu_rows::chan_merge<A>(count, mu[k], ss[k], static_cast<A>(nb), bm[k], bm2[k]);
+        for (int64_t k = 0; k < width; ++k)
+          cpu_rows::chan_merge<A>(count, mu[k], ss[k], static_cast<A>(nb), bm[k], bm2[k]);
         count += static_cast<A>(nb);
       }
       std::copy(mu, mu + width, mean + n * C + c0);
