@@ -1,13 +1,12 @@
-// eqnorm::field_norm on the CPU. The coefficient map (the formulas of coefficients_aten, without a dozen (N, C)
-// temporaries) walks the layout's runs one sample at a time. Around it: for channels-first samples with statistics of
-// their own, one task per sample that runs the sample's passes part by part (samples_forward); for point features,
-// one pass each way (points_forward); otherwise the passes of cpu_passes.cpp over all rows.
+// eqnorm::field_norm on the CPU. The coefficient map is coefficient_map.h's phases run by a loop on one thread per
+// row (a row, or a part of one, at a time). Around it: for channels-first samples with statistics of their own, one
+// task per sample that runs the sample's passes part by part (samples_forward); for point features, one pass each way
+// (points_forward); otherwise the passes of cpu_passes.cpp over all rows, with the map's rows under at::parallel_for.
 #include <ATen/Parallel.h>
 
-#include <array>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -18,7 +17,7 @@
 namespace eqnorm {
 namespace {
 
-// Copies the entries of a small 1D floating tensor to out in type A (read in place for float and double).
+// Copies the entries of a small 1D floating tensor to out in type A.
 template <typename A> void read_values(const at::Tensor& t, A* out) {
   const at::Tensor c = t.contiguous();
   if (c.scalar_type() == at::kDouble) {
@@ -31,264 +30,109 @@ template <typename A> void read_values(const at::Tensor& t, A* out) {
   }
 }
 
-const int64_t* indices(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
-
-// Entries [entry, entry + length) that share an index (a group, a centering class) and sit on the consecutive channels
-// [channel, channel + length). Layouts are made of a few long runs (a group is a range of channels; a class is the
-// trivial copies of a group, or one field's trivial component), so the loops of the coefficient map walk runs with no
-// gathers inside, and the compiler vectorises them; any layout decomposes into runs, at worst of length 1.
-struct Run {
-  int64_t index, entry, channel, length;
-};
-
-// Appends the runs of entries 0 .. n-1 with the given index, on channel[i] (or channel i when channel is null).
-void add_runs(std::vector<Run>& out, int64_t n, const int64_t* index, const int64_t* channel) {
-  const size_t first = out.size();
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t c = channel ? channel[i] : i;
-    if (out.size() > first && out.back().index == index[i] && out.back().channel + out.back().length == c)
-      ++out.back().length;
-    else
-      out.push_back({index[i], i, c, 1});
+// The executor of a phase on one thread: every output in turn.
+struct Serial {
+  template <typename F> void operator()(int64_t begin, int64_t end, F&& body) const {
+    for (int64_t o = begin; o < end; ++o) body(o);
   }
-}
-
-template <typename T> struct Span {
-  const T *first, *last;
-  const T* begin() const { return first; }
-  const T* end() const { return last; }
-};
-
-// Whole groups on the channels [begin, end), with the centering runs that lie on them: all that the coefficient map of
-// those channels reads, so a sample can be normalized part by part while each part's values stay in cache. A layout
-// whose groups are ranges of channels and whose classes each lie in one group splits into parts of whole groups; any
-// other layout is one part. Parts give the same bits as the whole row: each group and class sums the same runs in the
-// same order.
-struct Part {
-  int64_t begin, end;
-  Span<Run> groups, classes;
-  Span<int64_t> group_ids, class_ids;  // the groups and classes to reset and finish
-};
-
-// The layout as raw arrays in the accumulation type A, its parts, and the channel-expanded weight and bias.
-template <typename A> struct Layout {
-  int64_t C, G, L, K, B;
-  const int64_t *field, *bias_channel, *bias_index;
-  std::vector<A> store;
-  const A *group_size, *center_value, *class_scale, *bias_value, *w, *b;
-  std::vector<Run> runs;       // per part: its group runs, then its class runs
-  std::vector<int64_t> ids;    // per part: its group ids, then its class ids
-  std::vector<Part> parts;
-
-  // part_channels: the most channels a part may hold (a single group may hold more)
-  Layout(const LayoutArgs& l, const at::Tensor& weight, const at::Tensor& bias,
-         int64_t part_channels = std::numeric_limits<int64_t>::max())
-      : C(l.field_of_channel.numel()), G(l.groups()), L(l.classes()), K(l.center_channel.numel()),
-        B(l.bias_channel.numel()), field(indices(l.field_of_channel)), bias_channel(indices(l.bias_channel)),
-        bias_index(indices(l.bias_index)) {
-    const int64_t F = weight.numel(), NB = bias.numel();
-    store.assign(G + K + L + B + 2 * C + F + NB, A(0));
-    A* p = store.data();
-    const std::pair<const at::Tensor*, const A**> arrays[] = {{&l.group_size, &group_size},
-                                                              {&l.center_value, &center_value},
-                                                              {&l.class_scale, &class_scale},
-                                                              {&l.bias_value, &bias_value}};
-    for (const auto& [tensor, pointer] : arrays) {
-      read_values<A>(*tensor, p);
-      *pointer = p;
-      p += tensor->numel();
-    }
-    A *wc = p, *bc = p + C, *weights = p + 2 * C, *biases = p + 2 * C + F;
-    read_values<A>(weight, weights);
-    read_values<A>(bias, biases);
-    for (int64_t c = 0; c < C; ++c) wc[c] = weights[field[c]];
-    for (int64_t j = 0; j < B; ++j) bc[bias_channel[j]] += bias_value[j] * biases[bias_index[j]];
-    w = wc;
-    b = bc;
-    split(l, part_channels);
+  template <typename V, typename F, typename A>
+  void gather(const eqnorm_map::Sparse<V>& op, int64_t begin, int64_t end, F&& f, A* out) const {
+    op.gather(begin, end, f, out);
   }
-  Layout(const Layout&) = delete;  // the parts point into runs and ids
-
-  void split(const LayoutArgs& l, int64_t part_channels) {
-    if (part_channels < C && split_by_groups(l, part_channels)) return;
-    // one part, built in place: a small call is made of little else
-    runs.reserve(C + K);
-    add_runs(runs, C, indices(l.group_of_channel), nullptr);
-    const size_t middle = runs.size();
-    add_runs(runs, K, indices(l.center_class), indices(l.center_channel));
-    ids.resize(G + L);
-    for (int64_t g = 0; g < G; ++g) ids[g] = g;
-    for (int64_t c = 0; c < L; ++c) ids[G + c] = c;
-    parts.push_back({0, C, {runs.data(), runs.data() + middle}, {runs.data() + middle, runs.data() + runs.size()},
-                     {ids.data(), ids.data() + G}, {ids.data() + G, ids.data() + G + L}});
-  }
-
-  // Parts of whole groups of at most part_channels channels (or one group), if every group is one range of channels
-  // and every class lies in one group; false, with nothing built, otherwise.
-  bool split_by_groups(const LayoutArgs& l, int64_t part_channels) {
-    const int64_t* group = indices(l.group_of_channel);
-    std::vector<Run> group_runs, class_runs;
-    add_runs(group_runs, C, group, nullptr);
-    add_runs(class_runs, K, indices(l.center_class), indices(l.center_channel));
-    std::vector<int64_t> part_of_group(G, 0), group_of_class(L, -1);
-    std::vector<char> seen(G, 0);
-    for (const Run& r : group_runs)
-      if (std::exchange(seen[r.index], 1)) return false;
-    for (const Run& r : class_runs)
-      for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
-        if (group_of_class[r.index] < 0) group_of_class[r.index] = group[c];
-        if (group_of_class[r.index] != group[c]) return false;
-      }
-    int64_t count = 1, held = 0;
-    for (const Run& r : group_runs) {  // in channel order
-      if (held > 0 && held + r.length > part_channels) {
-        ++count;
-        held = 0;
-      }
-      part_of_group[r.index] = count - 1;
-      held += r.length;
-    }
-    runs.reserve(group_runs.size() + class_runs.size());
-    ids.reserve(G + L);
-    std::vector<std::array<size_t, 4>> offsets(count + 1);  // per part: runs and ids of its groups, then its classes
-    std::vector<char> listed(L, 0);
-    for (int64_t q = 0; q <= count; ++q) {
-      offsets[q] = {runs.size(), ids.size(), 0, 0};
-      if (q == count) break;
-      for (const Run& r : group_runs)
-        if (part_of_group[r.index] == q) {
-          runs.push_back(r);
-          ids.push_back(r.index);
-        }
-      offsets[q][2] = runs.size();
-      offsets[q][3] = ids.size();
-      for (const Run& r : class_runs)
-        if (part_of_group[group_of_class[r.index]] == q) {
-          runs.push_back(r);
-          if (!std::exchange(listed[r.index], 1)) ids.push_back(r.index);
-        }
-    }
-    parts.reserve(count);
-    for (int64_t q = 0; q < count; ++q) {
-      const auto &o = offsets[q], &next = offsets[q + 1];
-      const Run &first = runs[o[0]], &last = runs[o[2] - 1];
-      parts.push_back({first.channel, last.channel + last.length, {runs.data() + o[0], runs.data() + o[2]},
-                       {runs.data() + o[2], runs.data() + next[0]}, {ids.data() + o[1], ids.data() + o[3]},
-                       {ids.data() + o[3], ids.data() + next[1]}});
-    }
-    return true;
-  }
-
-  // out = K m on the part's channels (z of length L is scratch owned by the caller)
-  void center(const Part& q, const A* m, A* z, A* out) const {
-    for (int64_t c : q.class_ids) z[c] = A(0);
-    for (const Run& r : q.classes) {
-      const A *v = center_value + r.entry, *mr = m + r.channel;
-      A sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < r.length; ++i) sum += v[i] * mr[i];
-      z[r.index] += sum;
-    }
-    for (int64_t c : q.class_ids) z[c] *= class_scale[c];
-    std::fill(out + q.begin, out + q.end, A(0));
-    for (const Run& r : q.classes) {
-      const A *v = center_value + r.entry, zl = z[r.index];
-      A* o = out + r.channel;
+  // group by group, a group of consecutive channels as one loop that the compiler vectorizes
+  template <typename V, typename F>
+  void by_group(const eqnorm_map::Map<V>& l, const eqnorm_map::Part& q, F&& body) const {
+    const int64_t *ptr = l.group_mean.ptr, *source = l.group_mean.source;
+    for (int64_t g = q.g0; g < q.g1; ++g) {
+      const int64_t begin = ptr[g], n = ptr[g + 1] - begin, first = source[begin];
+      if (n > 0 && source[begin + n - 1] - first == n - 1) {
 #pragma omp simd
-      for (int64_t i = 0; i < r.length; ++i) o[i] += v[i] * zl;
+        for (int64_t c = first; c < first + n; ++c) body(c, g);
+      } else {
+        for (int64_t k = begin; k < begin + n; ++k) body(source[k], g);
+      }
     }
   }
 };
 
-// One thread's working memory for one sample, and `arrays` more arrays of C values for the caller (array(i)). The
-// maps below fill the part's channels of their outputs.
+// The compiled layout with its values in the accumulation type A, the weight and bias of each channel (phase 0 of the
+// map), and the parts a row is split into.
+template <typename A> struct HostLayout {
+  std::vector<A> store;
+  CompiledView<A> view;
+  const eqnorm_map::Map<A>& map;
+  const A *weight, *bias, *wc, *bc;
+  std::vector<eqnorm_map::Part> parts;
+
+  // part_channels: the most channels a part may hold (a part holds at least the channels between two cuts)
+  HostLayout(const LayoutArgs& l, const at::Tensor& w, const at::Tensor& b,
+             int64_t part_channels = std::numeric_limits<int64_t>::max())
+      : store(l.compiled_value.numel() + w.numel() + b.numel() + 2 * l.field_of_channel.numel()),
+        view(compiled_view<A>(l, w.numel(), b.numel(), values(l.compiled_value, store.data()))), map(view.map) {
+    A* p = store.data() + l.compiled_value.numel();
+    A *weights = p, *biases = p + w.numel(), *channel = biases + b.numel();
+    read_values<A>(w, weights);
+    read_values<A>(b, biases);
+    weight = weights;
+    bias = biases;
+    Serial run;
+    eqnorm_map::channel_parameters(map, weight, bias, channel, channel + map.C, run);
+    wc = channel;
+    bc = channel + map.C;
+    split(part_channels);
+  }
+  HostLayout(const HostLayout&) = delete;  // map refers to view
+
+  static const A* values(const at::Tensor& compiled, A* out) {
+    read_values<A>(compiled, out);
+    return out;
+  }
+
+  // Parts from the cuts, each as many channels as part_channels allows, at least from one cut to the next.
+  void split(int64_t part_channels) {
+    const int64_t last = view.num_cuts - 1;
+    if (part_channels >= map.C) {
+      parts.push_back(view.part(0, last));
+      return;
+    }
+    for (int64_t first = 0; first < last;) {
+      int64_t end = first + 1;
+      while (end < last && view.cuts[3 * (end + 1)] - view.cuts[3 * first] <= part_channels) ++end;
+      parts.push_back(view.part(first, end));
+      first = end;
+    }
+  }
+};
+
+// One thread's working memory for one sample: the map's scratch, and `count` more arrays of C values (array(i)).
 template <typename A> struct Sample {
   std::vector<A> memory;
-  A *z, *cen, *work, *rstd, *gvar, *arrays;
+  eqnorm_map::Scratch<A> scratch;
+  A* arrays;
   int64_t C;
-  explicit Sample(const Layout<A>& l, int64_t count = 0)
-      : memory(l.L + (2 + count) * l.C + 2 * l.G), z(memory.data()), cen(z + l.L), work(cen + l.C), rstd(work + l.C),
-        gvar(rstd + l.G), arrays(gvar + l.G), C(l.C) {}
-  Sample(const Sample&) = delete;  // the pointers point into memory
+  Serial run;
+  explicit Sample(const HostLayout<A>& l, int64_t count = 0)
+      : memory(eqnorm_map::Scratch<A>::size(l.map.C, l.map.G, l.map.L) + count * l.map.C),
+        scratch(l.map.C, l.map.G, l.map.L, memory.data()),
+        arrays(memory.data() + eqnorm_map::Scratch<A>::size(l.map.C, l.map.G, l.map.L)), C(l.map.C) {}
+  Sample(const Sample&) = delete;  // scratch and arrays point into memory
   A* array(int64_t i) { return arrays + i * C; }
 
-  // cen = K m and rstd per group for statistics m, m2 over P values per channel
-  void statistics(const Layout<A>& l, const Part& q, const A* m, const A* m2, A P, A eps) {
-    l.center(q, m, z, cen);
-    for (int64_t g : q.group_ids) rstd[g] = A(0);
-    const A* cn = cen;
-    for (const Run& r : q.groups) {
-      A sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
-        const A d = m[c] - cn[c];
-        sum += m2[c] + P * d * d;
-      }
-      rstd[r.index] += sum;
-    }
-    for (int64_t g : q.group_ids) rstd[g] = A(1) / std::sqrt(rstd[g] / (P * l.group_size[g]) + eps);
+  void coefficients(const HostLayout<A>& l, const eqnorm_map::Part& q, const A* m, const A* m2, A P, A eps, A* a,
+                    A* beta) {
+    eqnorm_map::forward(l.map, q, eqnorm_map::Row<A>{m, m2, P, eps}, l.wc, l.bc, scratch, a, beta, run);
   }
-
-  // a and beta of one row
-  void coefficients(const Layout<A>& l, const Part& q, const A* m, const A* m2, A P, A eps, A* a, A* beta) {
-    statistics(l, q, m, m2, P, eps);
-    const A *w = l.w, *b = l.b, *cn = cen;
-    for (const Run& r : q.groups) {
-      const A rs = rstd[r.index];
-#pragma omp simd
-      for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
-        a[c] = w[c] * rs;
-        beta[c] = b[c] - a[c] * cn[c];
-      }
-    }
+  void coefficients_backward(const HostLayout<A>& l, const eqnorm_map::Part& q, const A* m, const A* m2, A P, A eps,
+                             const A* g_a, const A* g_beta, A* a, A* u, A* v, A* gw) {
+    eqnorm_map::backward(l.map, q, eqnorm_map::Row<A>{m, m2, P, eps}, l.wc, g_a, g_beta, scratch, a, u, v, gw, run);
   }
-
-  // a, u, v of one row (dx = a dy + u x + v) and the weight cotangent per channel gw, from g_a = sum dy x and
-  // g_beta = sum dy
-  void coefficients_backward(const Layout<A>& l, const Part& q, const A* m, const A* m2, A P, A eps, const A* g_a,
-                             const A* g_beta, A* a, A* u, A* v, A* gw) {
-    statistics(l, q, m, m2, P, eps);
-    for (int64_t g : q.group_ids) gvar[g] = A(0);
-    const A *w = l.w, *cn = cen;
-    for (const Run& r : q.groups) {
-      const A rs = rstd[r.index];
-      A sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
-        const A ga = g_a[c] - g_beta[c] * cn[c];  // the cotangent of a, through beta = b - a cen too
-        gw[c] = ga * rs;
-        sum += ga * w[c];
-      }
-      gvar[r.index] += sum;
-    }
-    for (int64_t g : q.group_ids) {  // gvar becomes the cotangent of each channel's M2
-      const A rs = rstd[g];
-      gvar[g] *= A(-0.5) * rs * rs * rs / (P * l.group_size[g]);
-    }
-    A* wk = work;
-    for (const Run& r : q.groups) {
-      const A rs = rstd[r.index], uc = 2 * gvar[r.index];
-#pragma omp simd
-      for (int64_t c = r.channel; c < r.channel + r.length; ++c) {
-        const A ac = w[c] * rs, gdev = uc * P * (m[c] - cn[c]);
-        a[c] = ac;
-        u[c] = uc;
-        v[c] = gdev;
-        wk[c] = -ac * g_beta[c] - gdev;  // the cotangent of cen
-      }
-    }
-    l.center(q, wk, z, cen);  // K is symmetric: K^T g = K g
-#pragma omp simd
-    for (int64_t c = q.begin; c < q.end; ++c) v[c] = (v[c] + cn[c]) / P - u[c] * m[c];
-  }
-
   // the whole row, part by part
-  void coefficients(const Layout<A>& l, const A* m, const A* m2, A P, A eps, A* a, A* beta) {
-    for (const Part& q : l.parts) coefficients(l, q, m, m2, P, eps, a, beta);
+  void coefficients(const HostLayout<A>& l, const A* m, const A* m2, A P, A eps, A* a, A* beta) {
+    for (const eqnorm_map::Part& q : l.parts) coefficients(l, q, m, m2, P, eps, a, beta);
   }
-  void coefficients_backward(const Layout<A>& l, const A* m, const A* m2, A P, A eps, const A* g_a, const A* g_beta,
-                             A* a, A* u, A* v, A* gw) {
-    for (const Part& q : l.parts) coefficients_backward(l, q, m, m2, P, eps, g_a, g_beta, a, u, v, gw);
+  void coefficients_backward(const HostLayout<A>& l, const A* m, const A* m2, A P, A eps, const A* g_a,
+                             const A* g_beta, A* a, A* u, A* v, A* gw) {
+    for (const eqnorm_map::Part& q : l.parts) coefficients_backward(l, q, m, m2, P, eps, g_a, g_beta, a, u, v, gw);
   }
 };
 
@@ -310,31 +154,49 @@ template <typename A> struct ChunkSums {
     }
   }
   // dweight per field and dbias per trivial copy
-  void finish(const Layout<A>& l, A* dweight, A* dbias) const {
-    std::vector<A> total(C, A(0));
+  void finish(const HostLayout<A>& l, A* dweight, A* dbias) const {
+    std::vector<A> total(2 * C, A(0));
     for (size_t k = 0; k < weight.size() / C; ++k)
       for (int64_t c = 0; c < C; ++c) {
-        dweight[l.field[c]] += weight[k * C + c];
-        total[c] += sum_dy[k * C + c];
+        total[c] += weight[k * C + c];
+        total[C + c] += sum_dy[k * C + c];
       }
-    for (int64_t j = 0; j < l.B; ++j) dbias[l.bias_index[j]] += l.bias_value[j] * total[l.bias_channel[j]];
+    Serial run;
+    eqnorm_map::parameter_gradients(l.map, total.data(), total.data() + C, dweight, dbias, run);
   }
 };
 
+// The statistics of a call as rows: mean, M2 and the values per row.
+template <typename A> struct Rows {
+  const A *mean, *m2, *counts;
+  A positions;
+  int64_t C;
+  eqnorm_map::Row<A> row(int64_t n, A eps) const {
+    return {mean + n * C, m2 + n * C, counts ? counts[n] : positions, eps};
+  }
+};
+
+template <typename A> Rows<A> rows_of(const Pooled& s, const at::Tensor& mean, const at::Tensor& m2, at::Tensor& held) {
+  if (s.counts.defined()) held = s.counts.contiguous();
+  return {mean.data_ptr<A>(), m2.data_ptr<A>(), s.counts.defined() ? held.data_ptr<A>() : nullptr,
+          static_cast<A>(s.positions), mean.size(1)};
+}
+
+// The map over the rows of a call: rows under at::parallel_for (grain `grain`), each row as the layout's parts.
 Stats coefficients_cpu(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
-                       double eps) {
+                       double eps, int64_t grain, int64_t part_channels) {
   const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
   at::Tensor a = at::empty_like(mean), beta = at::empty_like(mean), counts;
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm coefficients", [&] {
     using A = scalar_t;
-    const Layout<A> l(args, weight, bias);
-    const eqnorm_rows::Statistics<A> st = row_statistics<A>(s, mean, m2, counts, eps);
+    const HostLayout<A> l(args, weight, bias, part_channels);
+    const Rows<A> rows = rows_of<A>(s, mean, m2, counts);
     A *ap = a.data_ptr<A>(), *bp = beta.data_ptr<A>();
-    at::parallel_for(0, st.rows, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, mean.size(0), grain, [&](int64_t begin, int64_t end) {
       Sample<A> w(l);
       for (int64_t n = begin; n < end; ++n) {
-        const int64_t r = n * l.C;
-        w.coefficients(l, st.mean + r, st.m2 + r, st.count(n), st.eps, ap + r, bp + r);
+        const eqnorm_map::Row<A> r = rows.row(n, static_cast<A>(eps));
+        w.coefficients(l, r.m, r.m2, r.P, r.eps, ap + n * rows.C, bp + n * rows.C);
       }
     });
   });
@@ -343,7 +205,7 @@ Stats coefficients_cpu(const Pooled& s, const at::Tensor& weight, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_cpu(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& args, double eps) {
+    const at::Tensor& bias, const LayoutArgs& args, double eps, int64_t grain, int64_t part_channels) {
   const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
   const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
   at::Tensor a = at::empty_like(mean), u = at::empty_like(mean), v = at::empty_like(mean);
@@ -351,25 +213,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
   at::Tensor counts;
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
     using A = scalar_t;
-    const Layout<A> l(args, weight, bias);
-    const eqnorm_rows::Statistics<A> st = row_statistics<A>(s, mean, m2, counts, eps);
-    const int64_t S = st.rows, C = l.C;
+    const HostLayout<A> l(args, weight, bias, part_channels);
+    const Rows<A> rows = rows_of<A>(s, mean, m2, counts);
+    const int64_t S = mean.size(0), C = rows.C;
     const A *gaxp = gax.data_ptr<A>(), *gbp = gb.data_ptr<A>();
     A *ap = a.data_ptr<A>(), *up = u.data_ptr<A>(), *vp = v.data_ptr<A>();
     ChunkSums<A> sums(S, C, 1);
-    at::parallel_for(0, S, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, S, grain, [&](int64_t begin, int64_t end) {
       Sample<A> w(l, 1);
       A* gw = w.array(0);
       for (int64_t n = begin; n < end; ++n) {
         const int64_t r = n * C;
-        w.coefficients_backward(l, st.mean + r, st.m2 + r, st.count(n), st.eps, gaxp + r, gbp + r, ap + r, up + r,
-                                vp + r, gw);
+        const eqnorm_map::Row<A> row = rows.row(n, static_cast<A>(eps));
+        w.coefficients_backward(l, row.m, row.m2, row.P, row.eps, gaxp + r, gbp + r, ap + r, up + r, vp + r, gw);
         sums.add(n, gw, gbp + r);
       }
     });
     sums.finish(l, dweight.data_ptr<A>(), dbias.data_ptr<A>());
   });
   return {a, u, v, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+}
+
+constexpr int64_t kWholeRows = std::numeric_limits<int64_t>::max();
+
+Stats coefficients_rows(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
+                        double eps) {
+  return coefficients_cpu(s, weight, bias, args, eps, 16, kWholeRows);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_rows(
+    const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
+    const at::Tensor& bias, const LayoutArgs& args, double eps) {
+  return coefficients_backward_cpu(sum_dy_x, sum_dy, s, weight, bias, args, eps, 16, kWholeRows);
 }
 
 // Point features (one position per sample, channels-last: e3nn node features): a row's statistics are the row itself
@@ -388,18 +263,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_forward(const at::Tensor& 
   at::Tensor y = at::empty_like(x), mean = at::empty({N, x.size(2)}, x.options()), m2 = at::empty_like(mean);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm points", [&] {
     using A = scalar_t;
-    const Layout<A> l(args, weight, bias);
+    const HostLayout<A> l(args, weight, bias);
     const A* xp = x.data_ptr<A>();
     A *yp = y.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
     at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
       Sample<A> w(l, 3);
       A *zeros = w.array(0), *a = w.array(1), *beta = w.array(2);
-      std::fill(zeros, zeros + l.C, A(0));
+      std::fill(zeros, zeros + l.map.C, A(0));
       for (int64_t n = begin; n < end; ++n) {
-        const int64_t r = n * l.C;
+        const int64_t r = n * l.map.C;
         const A* xr = xp + r;
         w.coefficients(l, xr, zeros, A(1), static_cast<A>(eps), a, beta);
-        for (int64_t c = 0; c < l.C; ++c) {  // the statistics written here, while the row is in L1
+        for (int64_t c = 0; c < l.map.C; ++c) {  // the statistics written here, while the row is in L1
           yp[r + c] = a[c] * xr[c] + beta[c];
           mp[r + c] = xr[c];
           m2p[r + c] = A(0);
@@ -419,8 +294,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_backward(const at::Tensor&
   at::Tensor dweight = at::zeros(weight.sizes(), x.options()), dbias = at::zeros(bias.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm_backward points", [&] {
     using A = scalar_t;
-    const Layout<A> l(args, weight, bias);
-    const int64_t C = l.C;
+    const HostLayout<A> l(args, weight, bias);
+    const int64_t C = l.map.C;
     const A *xp = x.data_ptr<A>(), *dyp = dy.data_ptr<A>();
     A* dxp = dx.data_ptr<A>();
     constexpr int64_t kChunk = 64;  // rows per chunk of parameter sums: one sum per row would double the traffic
@@ -473,7 +348,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_forward(const at::Tensor&
   at::Tensor y = at::empty_like(x), mean = at::empty({N, C}, x.options()), m2 = at::empty({N, C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm per sample", [&] {
     using A = scalar_t;
-    const Layout<A> l(checked.layout, weight, bias, part_channels(P, sizeof(A)));
+    const HostLayout<A> l(checked.layout, weight, bias, part_channels(P, sizeof(A)));
     const A* xp = x.data_ptr<A>();
     A *yp = y.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
@@ -482,10 +357,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_forward(const at::Tensor&
       for (int64_t n = begin; n < end; ++n) {
         const A* xs = xp + n * C * P;
         A *ys = yp + n * C * P, *ms = mp + n * C, *m2s = m2p + n * C;
-        for (const Part& q : l.parts) {
-          cpu_rows::moments<A, A>(xs + q.begin * P, q.end - q.begin, P, ms + q.begin, m2s + q.begin);
+        for (const eqnorm_map::Part& q : l.parts) {
+          cpu_rows::moments<A, A>(xs + q.c0 * P, q.c1 - q.c0, P, ms + q.c0, m2s + q.c0);
           w.coefficients(l, q, ms, m2s, static_cast<A>(P), static_cast<A>(eps), a, beta);
-          for (int64_t c = q.begin; c < q.end; ++c)
+          for (int64_t c = q.c0; c < q.c1; ++c)
             cpu_rows::affine_any<A, A>(xs + c * P, &a[c], &beta[c], 0, ys + c * P, P);
         }
       }
@@ -504,7 +379,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_backward(const at::Tensor
   at::Tensor dweight = at::zeros(weight.sizes(), x.options()), dbias = at::zeros(bias.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm_backward per sample", [&] {
     using A = scalar_t;
-    const Layout<A> l(checked.layout, weight, bias, part_channels(2 * P, sizeof(A)));  // dy and x
+    const HostLayout<A> l(checked.layout, weight, bias, part_channels(2 * P, sizeof(A)));  // dy and x
     const A *xp = x.data_ptr<A>(), *dyp = dy.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
     A* dxp = dx.data_ptr<A>();
     ChunkSums<A> sums(N, C, 1);
@@ -514,12 +389,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_backward(const at::Tensor
       for (int64_t n = begin; n < end; ++n) {
         const A *xs = xp + n * C * P, *gs = dyp + n * C * P;
         A* dxs = dxp + n * C * P;
-        for (const Part& q : l.parts) {
-          const int64_t o = q.begin * P;
-          cpu_rows::sums<A, A>(gs + o, xs + o, q.end - q.begin, P, sdy + q.begin, sdyx + q.begin);
+        for (const eqnorm_map::Part& q : l.parts) {
+          const int64_t o = q.c0 * P;
+          cpu_rows::sums<A, A>(gs + o, xs + o, q.c1 - q.c0, P, sdy + q.c0, sdyx + q.c0);
           w.coefficients_backward(l, q, mp + n * C, m2p + n * C, static_cast<A>(P), static_cast<A>(eps), sdyx, sdy,
                                   a, u, v, gw);
-          for (int64_t c = q.begin; c < q.end; ++c)
+          for (int64_t c = q.c0; c < q.c1; ++c)
             cpu_rows::affine_backward_any<A, A>(gs + c * P, xs + c * P, &a[c], &u[c], &v[c], 0, dxs + c * P, P);
         }
         sums.add(n, gw, sdy);
@@ -530,98 +405,92 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_backward(const at::Tensor
   return {dx, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
 }
 
-// The GPU's block of threads, played on one CPU thread: each phase runs for t = 0 .. T-1 in turn. T = 3 divides no
-// size in the tests, so every strided loop of coefficient_rows.h meets a ragged last stride.
-struct SerialRun {
-  int64_t threads = 3;
-  template <typename F> void operator()(F&& phase) const {
-    for (int64_t t = 0; t < threads; ++t) phase(t, threads);
-  }
-};
-
-// The CUDA kernels' coefficient map (coefficient_rows.h) on the CPU, row after row, with one row's scratch.
-template <typename A> struct SerialRows {
-  const eqnorm_rows::LayoutView<A>& view;
-  std::vector<A> memory;
-  eqnorm_rows::Scratch<A> scratch;
-  SerialRun run;
-  explicit SerialRows(const eqnorm_rows::LayoutView<A>& v)
-      : view(v), memory(eqnorm_rows::Scratch<A>::size(v)), scratch(v, memory.data()) {}
-};
-
-Stats coefficients_rows(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
-                        double eps) {
-  return coefficients_by_rows(s, weight, bias, args, eps, [](const auto& view, const auto& st, auto* a, auto* beta) {
-    SerialRows r(view);
-    for (int64_t n = 0; n < st.rows; ++n) eqnorm_rows::forward_row(view, st, a, beta, n, r.scratch, r.run);
-  });
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_rows(
-    const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& args, double eps) {
-  return coefficients_backward_by_rows(
-      sum_dy_x, sum_dy, s, weight, bias, args, eps,
-      [](const auto& view, const auto& st, const auto& ct) {
-        SerialRows r(view);
-        for (int64_t n = 0; n < st.rows; ++n) eqnorm_rows::backward_row(view, st, ct, n, r.scratch, r.run);
-      },
-      [](const auto& view, const auto* gw, const auto* g_beta, auto* dweight, auto* dbias) {
-        SerialRun run;
-        eqnorm_rows::parameter_gradients(view, gw, g_beta, dweight, dbias, run);
-      });
-}
-
-// EQNORM_GENERIC_COEFFICIENTS picks another coefficient map for the CPU, so that machines without a GPU test the ones
-// CUDA runs: "aten" (the differentiable ATen form, which double backward differentiates) or "rows" (the CUDA kernels'
-// row phases). Unset, the CPU runs its fused loops.
-enum class Map { Fused, Aten, Rows };
-Map coefficient_map() {
-  static const Map map = [] {
-    const char* v = std::getenv("EQNORM_GENERIC_COEFFICIENTS");
-    const std::string name = v == nullptr ? "" : v;
-    return name == "aten" ? Map::Aten : name == "rows" ? Map::Rows : Map::Fused;
-  }();
-  return map;
-}
-bool generic_coefficients() { return coefficient_map() != Map::Fused; }
-CoefficientsForward forward_map() {
-  const Map m = coefficient_map();
-  return m == Map::Aten ? &coefficients_aten : m == Map::Rows ? &coefficients_rows : &coefficients_cpu;
-}
-CoefficientsBackward backward_map() {
-  const Map m = coefficient_map();
-  return m == Map::Aten ? &coefficients_backward_aten
-                        : m == Map::Rows ? &coefficients_backward_rows : &coefficients_backward_cpu;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                              const at::Tensor& bias, at::TensorList layout,
                                                              const std::optional<at::Tensor>& ptr, bool last,
                                                              bool batch, double eps) {
-  if (!generic_coefficients() && point_features(x, ptr, last, batch))
+  if (point_features(x, ptr, last, batch))
     return points_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, layout, ptr, last, batch).layout,
                           eps);
-  if (!generic_coefficients() && per_sample(x, ptr, last, batch))
+  if (per_sample(x, ptr, last, batch))
     return samples_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, layout, ptr, last, batch), eps);
-  return field_norm_forward(cpu_passes(), forward_map(), x, weight, bias, layout, ptr, last, batch, eps);
+  return field_norm_forward(cpu_passes(), &coefficients_rows, x, weight, bias, layout, ptr, last, batch, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward_cpu(
     const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& weight,
     const at::Tensor& bias, at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
     double eps) {
-  if (!generic_coefficients() && point_features(x, ptr, last, batch))
+  if (point_features(x, ptr, last, batch))
     return points_backward(dy, x, weight, bias,
                            check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch).layout, eps);
-  if (!generic_coefficients() && per_sample(x, ptr, last, batch))
+  if (per_sample(x, ptr, last, batch))
     return samples_backward(dy, x, mean, m2, weight, bias,
                             check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch), eps);
-  return field_norm_backward(cpu_passes(), backward_map(), dy, x, mean, m2, weight, bias, layout, ptr, last, batch,
+  return field_norm_backward(cpu_passes(), &coefficients_backward_rows, dy, x, mean, m2, weight, bias, layout, ptr, last, batch,
                              eps);
 }
 
 }  // namespace
+
+std::vector<at::Tensor> coefficient_map_for_test(const std::string& executor, const at::Tensor& mean,
+                                                 const at::Tensor& m2, const std::optional<at::Tensor>& counts,
+                                                 double positions, const at::Tensor& weight, const at::Tensor& bias,
+                                                 const std::vector<at::Tensor>& layout, double eps,
+                                                 const std::optional<at::Tensor>& sum_dy_x,
+                                                 const std::optional<at::Tensor>& sum_dy) {
+  const LayoutArgs l = layout_args("eqnorm._C._coefficient_map", layout, mean, mean.size(1), weight, bias);
+  const Pooled s{mean, m2, positions, counts.value_or(at::Tensor())};
+  TORCH_CHECK(executor == "rows" || executor == "parts" || executor == "aten",
+              "eqnorm._C._coefficient_map: executor must be 'rows', 'parts' or 'aten', got '", executor, "'");
+  const int64_t part_channels = executor == "parts" ? 1 : kWholeRows;
+  if (!sum_dy_x.has_value()) {
+    auto [a, beta] = executor == "aten" ? coefficients_aten(s, weight, bias, l, eps)
+                                        : coefficients_cpu(s, weight, bias, l, eps, 1, part_channels);
+    return {a, beta};
+  }
+  auto [a, u, v, dweight, dbias] =
+      executor == "aten" ? coefficients_backward_aten(*sum_dy_x, *sum_dy, s, weight, bias, l, eps)
+                         : coefficients_backward_cpu(*sum_dy_x, *sum_dy, s, weight, bias, l, eps, 1, part_channels);
+  return {a, u, v, dweight, dbias};
+}
+
+std::vector<at::Tensor> coefficient_visits_for_test(const at::Tensor& mean, const at::Tensor& m2, double positions,
+                                                    const at::Tensor& weight, const at::Tensor& bias,
+                                                    const std::vector<at::Tensor>& layout, double eps, bool backward) {
+  TORCH_CHECK(mean.scalar_type() == at::kDouble, "eqnorm._C._coefficient_visits: mean must be float64");
+  const LayoutArgs args = layout_args("eqnorm._C._coefficient_visits", layout, mean, mean.size(1), weight, bias);
+  const HostLayout<double> l(args, weight, bias);
+  eqnorm_map::Map<double> map = l.map;
+  eqnorm_map::Sparse<double>* operators[] = {&map.class_sum,    &map.center,    &map.group_mean,
+                                             &map.channel_bias, &map.bias_grad, &map.field_sum};
+  const int64_t outputs[] = {map.L, map.C, map.G, map.C, map.NB, map.F};
+  std::vector<at::Tensor> visits;
+  for (int i = 0; i < 6; ++i) {
+    visits.push_back(at::zeros({operators[i]->ptr[outputs[i]]}, mean.options().dtype(at::kLong)));
+    operators[i]->visits = visits.back().data_ptr<int64_t>();
+  }
+  const int64_t S = mean.size(0), C = mean.size(1);
+  std::vector<double> memory(eqnorm_map::Scratch<double>::size(C, map.G, map.L) + 6 * C), total(2 * C, 0.0);
+  eqnorm_map::Scratch<double> scratch(C, map.G, map.L, memory.data());
+  double* out = memory.data() + eqnorm_map::Scratch<double>::size(C, map.G, map.L);
+  double *wc = out + 4 * C, *bc = out + 5 * C;
+  const at::Tensor mc = mean.contiguous(), m2c = m2.contiguous();
+  const eqnorm_map::Part whole = eqnorm_map::whole_row(map);
+  Serial run;
+  eqnorm_map::channel_parameters(map, l.weight, l.bias, wc, bc, run);
+  for (int64_t n = 0; n < S; ++n) {
+    const eqnorm_map::Row<double> r{mc.data_ptr<double>() + n * C, m2c.data_ptr<double>() + n * C, positions, eps};
+    if (!backward) {
+      eqnorm_map::forward(map, whole, r, wc, bc, scratch, out, out + C, run);
+      continue;
+    }
+    // cotangents: the row's statistics stand in for sum dy x and sum dy
+    eqnorm_map::backward(map, whole, r, wc, r.m, r.m2, scratch, out, out + C, out + 2 * C, out + 3 * C, run);
+  }
+  if (backward) eqnorm_map::parameter_gradients(map, total.data(), total.data() + C, out, out + C, run);
+  return visits;
+}
 
 TORCH_LIBRARY_IMPL(eqnorm, CPU, m) {
   m.impl("field_norm", &field_norm_cpu);

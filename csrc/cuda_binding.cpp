@@ -118,32 +118,73 @@ const Passes& cuda_passes() {
   return passes;
 }
 
+// The layout's map on the GPU: values read as double straight from compiled_value; weight and bias as A.
+template <typename A> struct DeviceLayout {
+  at::Tensor weight, bias;
+  CompiledView<double> view;
+  DeviceLayout(const LayoutArgs& l, const at::Tensor& w, const at::Tensor& b)
+      : weight(w.to(c10::CppTypeToScalarType<A>::value).contiguous()),
+        bias(b.to(c10::CppTypeToScalarType<A>::value).contiguous()),
+        view(compiled_view<double>(l, w.numel(), b.numel(), l.compiled_value.data_ptr<double>())) {}
+};
+
+template <typename A>
+eqnorm_cuda::Statistics<A> device_statistics(const Pooled& s, const at::Tensor& mean, const at::Tensor& m2,
+                                             at::Tensor& held, double eps) {
+  if (s.counts.defined()) held = s.counts.contiguous();
+  return {mean.size(0), mean.data_ptr<A>(), m2.data_ptr<A>(), s.counts.defined() ? held.data_ptr<A>() : nullptr,
+          static_cast<A>(s.positions), static_cast<A>(eps)};
+}
+
+at::Tensor map_scratch(const eqnorm_map::Map<double>& l, const at::Tensor& mean) {
+  return at::empty({eqnorm_cuda::coefficient_scratch(l.C, l.G, l.L, mean.size(0), mean.element_size())},
+                   mean.options());
+}
+
 // The coefficient map in one kernel launch per direction (the ATen form launches dozens of tiny kernels per call).
 Stats coefficients_cuda(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
                         double eps) {
-  return coefficients_by_rows(s, weight, bias, args, eps, [&](const auto& view, const auto& st, auto* a, auto* beta) {
-    const at::Tensor scratch = at::empty({eqnorm_cuda::coefficient_scratch(view, st.rows)}, s.mean.options());
+  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
+  at::Tensor a = at::empty_like(mean), beta = at::empty_like(mean), counts;
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm coefficients", [&] {
+    using A = scalar_t;
+    const DeviceLayout<A> l(args, weight, bias);
+    const at::Tensor scratch = map_scratch(l.view.map, mean);
     check_cuda("eqnorm::field_norm",
-               eqnorm_cuda::coefficients(view, st, a, beta, static_cast<decltype(a)>(scratch.data_ptr()),
+               eqnorm_cuda::coefficients(l.view.map, l.weight.data_ptr<A>(), l.bias.data_ptr<A>(),
+                                         device_statistics<A>(s, mean, m2, counts, eps), a.data_ptr<A>(),
+                                         beta.data_ptr<A>(), static_cast<A*>(scratch.data_ptr()),
                                          c10::cuda::getCurrentCUDAStream()));
   });
+  return {a, beta};
 }
 
+// Its backward: per row a, u, v and gw; gw and g_beta summed over rows by ATen's deterministic reduction, then per
+// field and per bias.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_cuda(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
     const at::Tensor& bias, const LayoutArgs& args, double eps) {
   const char* op = "eqnorm::field_norm_backward";
-  return coefficients_backward_by_rows(
-      sum_dy_x, sum_dy, s, weight, bias, args, eps,
-      [&](const auto& view, const auto& st, const auto& ct) {
-        const at::Tensor scratch = at::empty({eqnorm_cuda::coefficient_scratch(view, st.rows)}, s.mean.options());
-        check_cuda(op, eqnorm_cuda::coefficients_backward(view, st, ct, static_cast<decltype(ct.a)>(scratch.data_ptr()),
-                                                          c10::cuda::getCurrentCUDAStream()));
-      },
-      [&](const auto& view, const auto* gw, const auto* g_beta, auto* dweight, auto* dbias) {
-        check_cuda(op, eqnorm_cuda::parameter_gradients(view, gw, g_beta, dweight, dbias,
-                                                        c10::cuda::getCurrentCUDAStream()));
-      });
+  const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
+  const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
+  at::Tensor a = at::empty_like(mean), u = at::empty_like(mean), v = at::empty_like(mean), gw = at::empty_like(mean);
+  at::Tensor dweight = at::empty(weight.sizes(), mean.options()), dbias = at::empty(bias.sizes(), mean.options());
+  at::Tensor counts;
+  AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
+    using A = scalar_t;
+    const DeviceLayout<A> l(args, weight, bias);
+    const at::Tensor scratch = map_scratch(l.view.map, mean);
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    check_cuda(op, eqnorm_cuda::coefficients_backward(
+                       l.view.map, l.weight.data_ptr<A>(), l.bias.data_ptr<A>(),
+                       device_statistics<A>(s, mean, m2, counts, eps),
+                       gax.data_ptr<A>(), gb.data_ptr<A>(), a.data_ptr<A>(), u.data_ptr<A>(), v.data_ptr<A>(),
+                       gw.data_ptr<A>(), static_cast<A*>(scratch.data_ptr()), stream));
+    const at::Tensor gw_total = gw.sum(0), gb_total = gb.sum(0);
+    check_cuda(op, eqnorm_cuda::parameter_gradients(l.view.map, gw_total.data_ptr<A>(), gb_total.data_ptr<A>(),
+                                                    dweight.data_ptr<A>(), dbias.data_ptr<A>(), stream));
+  });
+  return {a, u, v, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_cuda(const at::Tensor& x, const at::Tensor& weight,

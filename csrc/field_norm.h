@@ -3,6 +3,8 @@
 #pragma once
 
 #include <functional>
+#include <string>
+#include <vector>
 #include <tuple>
 
 #include "layout_args.h"
@@ -73,6 +75,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward(
     const Passes& p, CoefficientsBackward coefficients, const at::Tensor& dy, const at::Tensor& x,
     const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& weight, const at::Tensor& bias,
     at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps);
+
+// The CPU's coefficient map for tests (cpu_field_norm.cpp), bound as eqnorm._C._coefficient_map: executor "rows"
+// (the map's rows under at::parallel_for, each row whole), "parts" (each row split at every cut of the layout) or
+// "aten" (the differentiable ATen form). Returns (a, beta), or with the cotangents (a, u, v, dweight, dbias).
+std::vector<at::Tensor> coefficient_map_for_test(const std::string& executor, const at::Tensor& mean,
+                                                 const at::Tensor& m2, const std::optional<at::Tensor>& counts,
+                                                 double positions, const at::Tensor& weight, const at::Tensor& bias,
+                                                 const std::vector<at::Tensor>& layout, double eps,
+                                                 const std::optional<at::Tensor>& sum_dy_x,
+                                                 const std::optional<at::Tensor>& sum_dy);
+// How often the map, run over every row of float64 statistics (forward, or backward and the parameter gradients),
+// reads each entry of each compiled operator, in the order of eqnorm.compiled.OPERATORS.
+std::vector<at::Tensor> coefficient_visits_for_test(const at::Tensor& mean, const at::Tensor& m2, double positions,
+                                                    const at::Tensor& weight, const at::Tensor& bias,
+                                                    const std::vector<at::Tensor>& layout, double eps, bool backward);
 
 // eqnorm::field_norm through the dispatcher (autograd.cpp).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_field_norm(const at::Tensor& x, const at::Tensor& weight,

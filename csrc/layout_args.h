@@ -1,10 +1,12 @@
-// The FieldLayout as the ops take it: ten small tensors, in the order of eqnorm.layout.LayoutTensors.
+// The FieldLayout as the ops take it: twelve small tensors, in the order of eqnorm.layout.LayoutTensors.
 //
-//   field_of_channel (C,) int64    group_of_channel (C,) int64    group_size (G,) float: channels per group
+//   field_of_channel (C,) int64    group_of_channel (C,) int64    group_size (G,) float: the divisor per group
 //   center_channel, center_class (K,) int64 and center_value (K,) float: the entries of the orthonormal basis
 //       vectors of the centering classes, so that with class_scale (L,) = 1 / copies per class
 //       z_l = class_scale_l * sum_{k: class k = l} value_k m[channel_k],  cen[channel_k] += value_k z[class_k]
 //   bias_channel, bias_index (B,) int64 and bias_value (B,) float: b[bias_channel_j] += value_j bias[bias_index_j]
+//   compiled_index int64 and compiled_value float64: the same operators compiled for the kernels (eqnorm/compiled.py,
+//       coefficient_map.h), their values checked once when the layout was built; here only their sizes.
 #pragma once
 
 #include <vector>
@@ -17,20 +19,32 @@ struct LayoutArgs {
   at::Tensor field_of_channel, group_of_channel, group_size;
   at::Tensor center_channel, center_class, center_value, class_scale;
   at::Tensor bias_channel, bias_index, bias_value;
+  at::Tensor compiled_index, compiled_value;
   int64_t groups() const { return group_size.size(0); }
   int64_t classes() const { return class_scale.size(0); }
 };
 
-// Checks shapes, dtypes and devices of the layout against x (C channels), weight and bias; on the CPU also every index
-// against the size it indexes, so that no kernel can read out of bounds.
+// The sizes of the compiled operators (eqnorm/compiled.py): index holds per operator its offsets and sources, the
+// center operator's broadcast runs, then `cuts` triples; value the operators' values.
+struct CompiledSizes {
+  int64_t index, value, cuts;
+};
+inline CompiledSizes compiled_sizes(int64_t C, int64_t G, int64_t L, int64_t K, int64_t B, int64_t F, int64_t NB,
+                                    int64_t index_numel) {
+  const int64_t fixed = (L + 1 + K) + (C + 1 + K) + (G + 1 + C) + (C + 1 + B) + (NB + 1 + B) + (F + 1 + C) + C;
+  return {fixed, 2 * K + 2 * B + 2 * C, (index_numel - fixed) / 3};
+}
+
+// Checks shapes, dtypes and devices of the layout against x (C channels), weight and bias: O(1), no value is read.
 inline LayoutArgs layout_args(const char* op, at::TensorList t, const at::Tensor& x, int64_t channels,
                               const at::Tensor& weight, const at::Tensor& bias) {
-  TORCH_CHECK(t.size() == 10, op, ": layout must hold the 10 tensors of eqnorm.layout.LayoutTensors, got ", t.size());
-  static const char* names[10] = {"field_of_channel", "group_of_channel", "group_size",  "center_channel",
-                                  "center_class",     "center_value",     "class_scale", "bias_channel",
-                                  "bias_index",       "bias_value"};
-  static const bool is_index[10] = {true, true, false, true, true, false, false, true, true, false};
-  for (size_t i = 0; i < 10; ++i) {
+  constexpr size_t n = 12;
+  TORCH_CHECK(t.size() == n, op, ": layout must hold the 12 tensors of eqnorm.layout.LayoutTensors, got ", t.size());
+  static const char* names[n] = {"field_of_channel", "group_of_channel", "group_size",     "center_channel",
+                                 "center_class",     "center_value",     "class_scale",    "bias_channel",
+                                 "bias_index",       "bias_value",       "compiled_index", "compiled_value"};
+  static const bool is_index[n] = {true, true, false, true, true, false, false, true, true, false, true, false};
+  for (size_t i = 0; i < n; ++i) {
     TORCH_CHECK(t[i].dim() == 1, op, ": layout ", names[i], " must be 1D, got shape ", t[i].sizes());
     TORCH_CHECK(t[i].device() == x.device(), op, ": layout ", names[i], " is on ", t[i].device(), " but x is on ",
                 x.device());
@@ -38,9 +52,12 @@ inline LayoutArgs layout_args(const char* op, at::TensorList t, const at::Tensor
                 ": layout ", names[i], " must be ", is_index[i] ? "int64" : "floating point", ", got ",
                 t[i].scalar_type());
   }
+  TORCH_CHECK(t[11].scalar_type() == at::kDouble, op, ": layout compiled_value must be float64, got ",
+              t[11].scalar_type());
   // contiguous, so that kernels may walk them as arrays
-  LayoutArgs l{t[0].contiguous(), t[1].contiguous(), t[2].contiguous(), t[3].contiguous(), t[4].contiguous(),
-               t[5].contiguous(), t[6].contiguous(), t[7].contiguous(), t[8].contiguous(), t[9].contiguous()};
+  LayoutArgs l{t[0].contiguous(), t[1].contiguous(), t[2].contiguous(),  t[3].contiguous(),
+               t[4].contiguous(), t[5].contiguous(), t[6].contiguous(),  t[7].contiguous(),
+               t[8].contiguous(), t[9].contiguous(), t[10].contiguous(), t[11].contiguous()};
   TORCH_CHECK(l.field_of_channel.size(0) == channels && l.group_of_channel.size(0) == channels, op,
               ": the layout describes ", l.field_of_channel.size(0), " channels but x has ", channels);
   TORCH_CHECK(l.center_class.size(0) == l.center_channel.size(0) && l.center_value.size(0) == l.center_channel.size(0),
@@ -49,20 +66,13 @@ inline LayoutArgs layout_args(const char* op, at::TensorList t, const at::Tensor
               ": bias_channel, bias_index and bias_value must have one length");
   check_parameter(op, "weight", weight, x);
   check_parameter(op, "bias", bias, x);
-  if (x.device().is_cpu()) {
-    auto in_range = [&](const at::Tensor& index, int64_t size, const char* name, const char* what) {
-      const int64_t* v = index.data_ptr<int64_t>();
-      for (int64_t i = 0; i < index.numel(); ++i)
-        TORCH_CHECK(v[i] >= 0 && v[i] < size, op, ": layout ", name, "[", i, "] = ", v[i], " is not a valid index of ",
-                    what, " (size ", size, ")");
-    };
-    in_range(l.field_of_channel, weight.size(0), "field_of_channel", "weight");
-    in_range(l.group_of_channel, l.groups(), "group_of_channel", "group_size");
-    in_range(l.center_channel, channels, "center_channel", "the channels");
-    in_range(l.center_class, l.classes(), "center_class", "class_scale");
-    in_range(l.bias_channel, channels, "bias_channel", "the channels");
-    in_range(l.bias_index, bias.size(0), "bias_index", "bias");
-  }
+  const int64_t index = l.compiled_index.numel();
+  const CompiledSizes s = compiled_sizes(channels, l.groups(), l.classes(), l.center_channel.numel(),
+                                         l.bias_channel.numel(), weight.numel(), bias.numel(), index);
+  TORCH_CHECK(index >= s.index + 6 && (index - s.index) % 3 == 0 && l.compiled_value.numel() == s.value, op,
+              ": the compiled layout (", index, " indices, ", l.compiled_value.numel(), " values) does not match ",
+              channels, " channels, ", weight.numel(), " weights and ", bias.numel(),
+              " biases: weight must have one entry per field and bias one per trivial irrep copy of the layout");
   return l;
 }
 

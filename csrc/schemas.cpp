@@ -28,6 +28,8 @@ PYBIND11_MODULE(_C, m) {
         return std::make_tuple(y.view_symint(x.sym_sizes()), mean, m2);
       },
       "eqnorm::field_norm of a contiguous (N, C, *spatial) tensor");
+  m.def("_coefficient_map", &eqnorm::coefficient_map_for_test, "tests: the CPU coefficient map by one executor");
+  m.def("_coefficient_visits", &eqnorm::coefficient_visits_for_test, "tests: entries read per compiled operator");
 }
 
 TORCH_LIBRARY(eqnorm, m) {

@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from .compiled import compile_layout
+
 __all__ = [
     "CENTERINGS",
     "NORMALIZATIONS",
@@ -58,7 +60,7 @@ class LayoutOperators(NamedTuple):
 
 
 class LayoutTensors(NamedTuple):
-    r"""The layout as ``torch.ops.eqnorm.field_norm`` takes it: ten small tensors, sparse where the operators are.
+    r"""The layout as ``torch.ops.eqnorm.field_norm`` takes it: twelve small tensors, sparse where the operators are.
 
     With ``C`` channels, ``G`` groups, ``L`` centering coordinates (one per irrep coordinate of a (group, irrep type)
     class), ``K`` basis entries and ``B`` bias entries:
@@ -73,6 +75,10 @@ class LayoutTensors(NamedTuple):
     - ``bias_channel``, ``bias_index`` ``(B,)`` int64 and ``bias_value`` ``(B,)`` float:
       :math:`b_c = \sum_{j:\,c_j = c} v_j\,\mathrm{bias}_{t_j}`.
 
+    - ``compiled_index`` int64 and ``compiled_value`` float64: the same operators compiled for the kernels, their
+      entries sorted by the output they feed (:mod:`eqnorm.compiled`). The entry lists above serve the differentiable
+      ATen form.
+
     Float entries are float64; the ops read them in the accumulation dtype of the input.
     """
 
@@ -86,6 +92,8 @@ class LayoutTensors(NamedTuple):
     bias_channel: torch.Tensor
     bias_index: torch.Tensor
     bias_value: torch.Tensor
+    compiled_index: torch.Tensor
+    compiled_value: torch.Tensor
 
 
 def default_num_groups(field_sizes: Sequence[int]) -> int:
@@ -386,10 +394,20 @@ class FieldLayout:
         scale = np.zeros(basis.shape[1])
         scale[cls] = spread[channel, cls] / basis[channel, cls]
         bias_channel, bias_index = np.nonzero(ops.bias_basis.numpy())
+        divisor = self._variance_divisor(ops.group_size)
+        compiled = compile_layout(
+            ops.field_of_channel.numpy(),
+            ops.group_of_channel.numpy(),
+            divisor.numpy(),
+            (channel, cls, basis[channel, cls], scale),
+            (bias_channel, bias_index, ops.bias_basis.numpy()[bias_channel, bias_index]),
+            self.num_fields,
+            self.num_trivial,
+        )
         return LayoutTensors(
             ops.field_of_channel,
             ops.group_of_channel,
-            self._variance_divisor(ops.group_size),
+            divisor,
             torch.from_numpy(np.ascontiguousarray(channel)).long(),
             torch.from_numpy(np.ascontiguousarray(cls)).long(),
             torch.from_numpy(basis[channel, cls].copy()),
@@ -397,6 +415,7 @@ class FieldLayout:
             torch.from_numpy(np.ascontiguousarray(bias_channel)).long(),
             torch.from_numpy(np.ascontiguousarray(bias_index)).long(),
             ops.bias_basis[bias_channel, bias_index].contiguous(),
+            *compiled,
         )
 
     def _variance_divisor(self, channels_per_group: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,5 @@
 """eqnorm::field_norm and its backward against the pure-PyTorch reference, on every layout, dtype and awkward size,
-CPU and CUDA; opcheck; the generic (CUDA) coefficient map on the CPU; refusal of bad layouts."""
-
-import os
-import subprocess
-import sys
+CPU and CUDA; opcheck; refusal of parameters and layouts that do not match."""
 
 import pytest
 import torch
@@ -117,33 +113,6 @@ def test_random_layouts_match_reference(spec, centering, seed):
         torch.testing.assert_close(g, r, atol=1e-10, rtol=1e-10)
 
 
-def test_generic_coefficient_maps_match_the_cpu_loops():
-    """The ATen coefficient map and its closed-form VJP (what double backward differentiates) and the CUDA kernels'
-    row phases (coefficient_rows.h) equal the CPU's fused loops."""
-    script = (
-        "import torch, sys; sys.path.insert(0, 'tests'); import test_ops as t\n"
-        "out = []\n"
-        "for name, x, last, ptr, batch in t.cases('cpu'):\n"
-        "    x = x.requires_grad_(); w, b = (p.requires_grad_() for p in t.parameters('cpu'))\n"
-        "    y = t.run(torch.ops.eqnorm.field_norm, x, w, b, 'cpu', last, ptr, batch)[0]\n"
-        "    out.append((y, *torch.autograd.grad(y, (x, w, b), torch.ones_like(y) + x.detach())))\n"
-        "torch.save(out, sys.argv[1])\n"
-    )
-    results = []
-    for generic in ("", "aten", "rows"):
-        path = f"{os.environ.get('TMPDIR', '/tmp')}/eqnorm-generic-{generic}-{os.getpid()}.pt"
-        env = {**os.environ, "EQNORM_GENERIC_COEFFICIENTS": generic}
-        subprocess.run(
-            [sys.executable, "-c", script, path], check=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__))
-        )
-        results.append(torch.load(path))
-        os.remove(path)
-    for fused, *generic in zip(*results, strict=True):
-        for other in generic:
-            for a, b in zip(fused, other, strict=True):
-                torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
-
-
 # 16 fields of a scalar and a vector in 4 contiguous groups of 12 channels: a layout that the per-sample layer splits
 # into parts of whole groups once a sample outgrows its cache budget of 256 KB (2049 values: 2 parts forward in
 # float32, 4 backward and in float64; 600 values: one part, but 2 backward in float64)
@@ -209,18 +178,21 @@ def test_wide_channels_last_rows_match_reference(dtype, ptr, positions):
 
 
 @pytest.mark.parametrize(
-    ("index", "value", "message"),
-    [
-        (1, torch.tensor([0, 0, 0, 0, 5, 1, 1, 1]), "group_of_channel\\[4\\] = 5 is not a valid index"),
-        (0, torch.tensor([0, 0, 0, 1, 2, 3, 3, -1]), "field_of_channel\\[7\\] = -1"),
-        (8, torch.full((4,), 9), "bias_index\\[0\\] = 9"),
-    ],
+    ("weight", "bias"), [(5, 4), (4, 3), (4, 5)], ids=["weight too long", "bias too short", "bias too long"]
 )
-def test_out_of_range_layout_indices_are_refused(index, value, message):
+def test_parameters_that_do_not_match_the_layout_are_refused(weight, bias):
+    x = torch.randn(2, 8, 3, dtype=torch.float64)
+    w, b = torch.ones(weight, dtype=torch.float64), torch.zeros(bias, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="weight must have one entry per field and bias one per trivial irrep copy"):
+        torch.ops.eqnorm.field_norm(x, w, b, list(LAYOUT.tensors), None, False, False, 1e-5)
+
+
+def test_a_compiled_layout_of_another_layout_is_refused():
+    other = FieldLayout([["s", "v"], ["s"], ["v"], ["s", "s"]], {"s": 1, "v": 2}, {"s"}, [0, 0, 0, 0], centering="all")
     t = list(LAYOUT.tensors)
-    t[index] = value
+    t[-2:] = other.tensors[-2:]
     w, b = parameters("cpu")
-    with pytest.raises(RuntimeError, match=message):
+    with pytest.raises(RuntimeError, match=r"the compiled layout .* does not match 8 channels"):
         torch.ops.eqnorm.field_norm(torch.randn(2, 8, 3, dtype=torch.float64), w, b, t, None, False, False, 1e-5)
 
 
