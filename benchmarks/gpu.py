@@ -113,6 +113,34 @@ def bench(shape: tuple[int, ...], dtype: torch.dtype, groups: int, bandwidth: fl
     return rows
 
 
+def map_bound(shape: tuple[int, ...], dtype: torch.dtype, groups: int) -> str:
+    """The op on one position per row, (N, C, 1): its passes touch only N C values, so its time bounds the
+    coefficient map's from above (forward, backward, and forward replayed from a CUDA graph)."""
+    n, c = shape[:2]
+    layout = regular_like_layout(c, min(groups, c // 8))
+    t = list(layout.tensors_on("cuda"))
+    w = torch.ones(layout.num_fields, device="cuda")
+    b = torch.zeros(layout.num_trivial, device="cuda")
+    sets = 16
+    xs = [torch.randn(n, c, 1, device="cuda", dtype=dtype) for _ in range(sets)]
+    dys = [torch.randn_like(x) for x in xs]
+
+    def op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.ops.eqnorm.field_norm(x, w, b, t, None, False, False, 1e-5)
+
+    stats = [op(x) for x in xs]
+    fwd = timed(lambda i: op(xs[i]), sets)
+    bwd = timed(
+        lambda i: torch.ops.eqnorm.field_norm_backward(
+            dys[i], xs[i], stats[i][1], stats[i][2], w, b, t, None, False, False, 1e-5
+        ),
+        sets,
+    )
+    graph = graphed(lambda x: op(x)[0], xs[0])
+    name = str(dtype).removeprefix("torch.")
+    return f"| ({n}, {c}, 1) | {name} | {fwd * 1e6:.1f} | {bwd * 1e6:.1f} | {graph * 1e6:.1f} |"
+
+
 def graphed(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
     """Median time of a forward replayed from a captured CUDA graph."""
     static = x.detach().clone()
@@ -151,6 +179,10 @@ def main() -> None:
     ):
         for row in bench(shape, dtype, args.groups, bandwidth):
             print(row, flush=True)
+    print("\nThe coefficient map bounded from above: the op on one position per row (target: under 10 us)\n")
+    print("| rows | dtype | fwd us | bwd us | fwd us, CUDA graph |\n|---|---|---:|---:|---:|")
+    for shape, dtype in (((32, 256), torch.float32), ((1, 512), torch.float32), ((64, 256), torch.bfloat16)):
+        print(map_bound(shape, dtype, args.groups), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import eqnorm
 from eqnorm import FieldNorm, _ops
 from eqnorm.batch_norm import BatchFieldNorm
 from eqnorm.functional import field_group_norm
+from eqnorm.layout import FieldLayout
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -72,6 +73,34 @@ def test_long_rows_match_the_float64_reference(dtype):
             # parameter gradients are sums over 10^5-10^6 values: compare relative to their size
             scale = 1 + r.abs().max().item()
             torch.testing.assert_close(g.double(), r, atol=20 * tol * scale, rtol=10 * tol, msg=f"{name} {what}")
+
+
+@pytest.mark.parametrize(
+    ("layout", "rows"),
+    [
+        # scratch of a row in shared memory; one row fills one block, N = 1 included
+        (FieldLayout([["s", "v", "s"]] * 6, {"s": 1, "v": 2}, {"s"}, [0, 1, 2, 0, 1, 2], centering="all"), 1),
+        (FieldLayout([["s", "v", "s"]] * 6, {"s": 1, "v": 2}, {"s"}, [0, 1, 2, 0, 1, 2], centering="all"), 5000),
+        # 6000 channels: a row's scratch outgrows shared memory and lives in global memory
+        (FieldLayout([["s", "v"]] * 2000, {"s": 1, "v": 2}, {"s"}, [f % 7 for f in range(2000)]), 3),
+    ],
+    ids=["one row", "more rows than blocks", "global scratch"],
+)
+def test_coefficient_map_matches_the_float64_reference(layout, rows):
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    x = torch.randn(rows, layout.num_channels, 3, generator=gen, device="cuda", dtype=torch.float64) * 2 + 1
+    w = torch.rand(layout.num_fields, generator=gen, device="cuda", dtype=torch.float64) + 0.5
+    b = torch.randn(layout.num_trivial, generator=gen, device="cuda", dtype=torch.float64)
+    t = layout.tensors_on("cuda")
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        args = [a.to(dtype).requires_grad_() for a in (x, w, b)]
+        ref = [a.clone().requires_grad_() for a in (x, w, b)]
+        y = torch.ops.eqnorm.field_norm(*args, list(t), None, False, False, 1e-5)[0]
+        yr = _ops.torch_field_norm(*ref, t, None, False, False, 1e-5)[0]
+        torch.testing.assert_close(y.double(), yr, atol=tol, rtol=tol)
+        dy = torch.randn_like(yr)
+        for g, r in zip(torch.autograd.grad(y, args, dy.to(dtype)), torch.autograd.grad(yr, ref, dy), strict=True):
+            torch.testing.assert_close(g.double(), r, atol=tol * (1 + r.abs().max().item()), rtol=tol)
 
 
 def test_results_do_not_depend_on_scheduling():

@@ -143,9 +143,11 @@ def test_check_equivariance_checks_and_catches_a_broken_layer():
     assert len(results) == 8 + 4  # every element of C8 on the fibers, the four 90-degree turns on the grid
     with torch.no_grad():
         layer.norm.bias.normal_()
-    # every bias on the first channel alone breaks equivariance: check_equivariance must notice
+    # the kernels' operators with each entry scaled at random (the bias off the trivial vectors, the centering and the
+    # variance weighted per channel) break equivariance: check_equivariance must notice
     broken = copy.deepcopy(layer)
-    broken.norm.layout_bias_channel.zero_()
+    values = broken.norm.layout_compiled_value
+    values.mul_(torch.rand(values.shape, generator=torch.Generator().manual_seed(0), dtype=values.dtype) + 0.5)
     with pytest.raises(AssertionError, match="equivariance fails"):
         broken.check_equivariance()
 
