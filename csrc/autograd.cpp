@@ -2,7 +2,8 @@
 //
 // Backward with grad mode off (the usual backward) calls the fused eqnorm::field_norm_backward. With grad mode on
 // (create_graph=True: forces from energies, Hessians, gradient penalties) it differentiates the composite ATen form of
-// the layer instead, so the gradient is itself differentiable, to any order.
+// the layer instead, so the gradient is itself differentiable, to any order. Inputs that carry forward-mode tangents
+// take the composite form in the forward itself.
 #include <torch/autograd.h>
 
 #include "field_norm.h"
@@ -74,9 +75,22 @@ class FieldNormFunction : public torch::autograd::Function<FieldNormFunction> {
   }
 };
 
+bool has_tangent(const at::Tensor& t) { return t._fw_grad(/*level=*/0).defined(); }
+
 Outputs field_norm_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                             at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
                             double eps) {
+  if (has_tangent(x) || has_tangent(weight) || has_tangent(bias)) {
+    // Forward mode (torch.autograd.forward_ad, torch.func.jvp): y from the composite ATen form, whose operations
+    // carry tangents (and stay differentiable backward, to any order); the statistics from the kernels.
+    Outputs out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = call_field_norm(x, weight, bias, layout, ptr, last, batch, eps);
+    }
+    std::get<0>(out) = field_norm_composite(x, weight, bias, layout, ptr, last, batch, eps);
+    return out;
+  }
   const bool record = torch::autograd::GradMode::is_enabled() &&
                       (x.requires_grad() || weight.requires_grad() || bias.requires_grad());
   if (!record) {  // no graph to build: skip the autograd node, its context and the saved tensors

@@ -1,16 +1,38 @@
 // The device-generic parts of the layer: the driver of the passes, and the ATen forms of the coefficient map.
 #include "field_norm.h"
 
+#include <vector>
+
 namespace eqnorm {
 namespace {
+
+// The sums of src's slices along dim (the last by default) by index into `size` outputs: out_i = sum_{k: index_k = i}
+// src_k. The sum runs into one output more, left empty: Inductor's vectorized CPU code fails on a scatter into a
+// dimension of size 1 (torch 2.13), which a layer norm's one group, a single centering class or a batch of one graph
+// would be.
+at::Tensor scatter_sum(const at::Tensor& src, const at::Tensor& index, const c10::SymInt& size, int64_t dim = -1) {
+  dim = dim < 0 ? dim + src.dim() : dim;
+  std::vector<c10::SymInt> shape(src.sym_sizes().begin(), src.sym_sizes().end());
+  shape[dim] = size + 1;
+  return at::zeros_symint(shape, src.options()).index_add(dim, index, src).narrow_symint(dim, 0, size);
+}
+
+// t's slices along dim by index: t.index_select(dim, index), from t with one more slice (zero, never selected), so
+// that the scatter of its backward, too, never targets a dimension of size 1 (see scatter_sum).
+at::Tensor gather(const at::Tensor& t, const at::Tensor& index, int64_t dim = -1) {
+  dim = dim < 0 ? dim + t.dim() : dim;
+  std::vector<c10::SymInt> pad(2 * (t.dim() - dim), 0);
+  pad.back() = 1;
+  return at::constant_pad_nd_symint(t, pad, 0).index_select(dim, index);
+}
 
 // cen = K m for (S, C) rows m (K is symmetric, so this is also the transpose product of the backward).
 at::Tensor center(const at::Tensor& m, const LayoutArgs& l) {
   const auto value = l.center_value.to(m.scalar_type());
-  const at::Tensor z = at::zeros({m.size(0), l.classes()}, m.options())
-                           .index_add(1, l.center_class, m.index_select(1, l.center_channel) * value) *
+  const at::Tensor z = scatter_sum(gather(m, l.center_channel) * value, l.center_class,
+                                   l.class_scale.sym_size(0)) *
                        l.class_scale.to(m.scalar_type());
-  return at::zeros_like(m).index_add(1, l.center_channel, z.index_select(1, l.center_class) * value);
+  return scatter_sum(gather(z, l.center_class) * value, l.center_channel, m.sym_size(1));
 }
 
 struct Spread {
@@ -19,15 +41,14 @@ struct Spread {
 
 Spread spread(const Pooled& s, const LayoutArgs& l, double eps) {
   const at::Tensor cen = center(s.mean, l), dev = s.mean - cen, positions = s.positions_tensor();
-  const at::Tensor var = at::zeros({s.mean.size(0), l.groups()}, s.mean.options())
-                             .index_add(1, l.group_of_channel, s.m2 + positions * dev.square()) /
+  const at::Tensor var = scatter_sum(s.m2 + positions * dev.square(), l.group_of_channel, l.group_size.sym_size(0)) /
                          (positions * l.group_size.to(s.mean.scalar_type()));
   const at::Tensor rstd = (var + eps).rsqrt();
-  return {cen, dev, rstd, rstd.index_select(1, l.group_of_channel)};
+  return {cen, dev, rstd, gather(rstd, l.group_of_channel)};
 }
 
 at::Tensor channel_weight(const at::Tensor& weight, const LayoutArgs& l, at::ScalarType t) {
-  return weight.to(t).index_select(0, l.field_of_channel);
+  return gather(weight.to(t), l.field_of_channel);
 }
 
 // Pools per-sample statistics (equal counts P) over the batch by Chan's formula: one (1, C) row of N P values.
@@ -75,8 +96,8 @@ Stats coefficients_aten(const Pooled& s, const at::Tensor& weight, const at::Ten
                         double eps) {
   const auto t = s.mean.scalar_type();
   const Spread sp = spread(s, l, eps);
-  const at::Tensor b = at::zeros({s.mean.size(1)}, s.mean.options())
-                           .index_add(0, l.bias_channel, bias.to(t).index_select(0, l.bias_index) * l.bias_value.to(t));
+  const at::Tensor b =
+      scatter_sum(gather(bias.to(t), l.bias_index) * l.bias_value.to(t), l.bias_channel, s.mean.sym_size(1));
   const at::Tensor a = channel_weight(weight, l, t) * sp.rstd_c;
   return {a, b - a * sp.cen};
 }
@@ -89,15 +110,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
   const at::Tensor positions = s.positions_tensor();
   const at::Tensor w = channel_weight(weight, l, t), a = w * sp.rstd_c;
   const at::Tensor ga = sum_dy_x - sum_dy * sp.cen;
-  const at::Tensor dweight = at::zeros({weight.size(0)}, s.mean.options())
-                                 .index_add(0, l.field_of_channel, (ga * sp.rstd_c).sum(0));
-  const at::Tensor gvar = sp.rstd.pow(3) * -0.5 *
-                          at::zeros({s.mean.size(0), l.groups()}, s.mean.options()).index_add(1, l.group_of_channel, ga * w);
-  const at::Tensor gm2 = (gvar / (positions * l.group_size.to(t))).index_select(1, l.group_of_channel);
+  const at::Tensor dweight = scatter_sum((ga * sp.rstd_c).sum(0), l.field_of_channel, weight.sym_size(0));
+  const at::Tensor gvar = sp.rstd.pow(3) * -0.5 * scatter_sum(ga * w, l.group_of_channel, l.group_size.sym_size(0));
+  const at::Tensor gm2 = gather(gvar / (positions * l.group_size.to(t)), l.group_of_channel);
   const at::Tensor u = gm2 * 2, gdev = u * positions * sp.dev;
   const at::Tensor gmean = gdev + center(-a * sum_dy - gdev, l);
-  const at::Tensor dbias = at::zeros({bias.size(0)}, s.mean.options())
-                               .index_add(0, l.bias_index, sum_dy.sum(0).index_select(0, l.bias_channel) * l.bias_value.to(t));
+  const at::Tensor dbias =
+      scatter_sum(gather(sum_dy.sum(0), l.bias_channel) * l.bias_value.to(t), l.bias_index, bias.sym_size(0));
   return {a, u, gmean / positions - u * s.mean, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
 }
 
@@ -141,26 +160,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward(
 at::Tensor field_norm_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                 at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
                                 double eps) {
-  const auto [s, l] = check("eqnorm::field_norm", x, weight, bias, layout, ptr, last, batch);
-  if (x.numel() == 0) return x.clone();
+  // The forward checked every argument. Here only differentiable ATen operations, on sizes that may be symbolic (a
+  // backward traced by torch.compile or torch.export runs this on fake tensors): no value is read, no size is an
+  // integer. Each row's statistics are its means and biased variances, i.e. M2 / P over one value (P = 1).
+  const LayoutArgs l = layout_tensors(layout);
+  if (x.sym_numel() == 0) return x.clone();
   const at::Tensor xf = x.to(accumulation_type(x.scalar_type()));
-  // statistics per row, and how an (S, C) row coefficient broadcasts back over x
-  at::Tensor mean, m2;
+  at::Tensor mean, var;
   std::function<at::Tensor(const at::Tensor&)> spread_rows;
   if (ptr.has_value()) {
     const at::Tensor counts = at::diff(*ptr);
-    const at::Tensor segment = at::repeat_interleave(at::arange(s.samples, ptr->options()), counts, 0, s.positions);
-    const at::Tensor zeros = at::zeros({s.samples, s.channels}, xf.options());
-    mean = zeros.index_add(0, segment, xf) / counts.clamp_min(1).to(xf.scalar_type()).unsqueeze(1);
-    m2 = zeros.index_add(0, segment, (xf - mean.index_select(0, segment)).square());
-    spread_rows = [segment](const at::Tensor& t) { return t.index_select(0, segment); };
+    const at::Tensor segment = at::repeat_interleave_symint(counts, std::optional<c10::SymInt>(x.sym_size(0)));
+    const c10::SymInt samples = counts.sym_size(0);
+    const at::Tensor n = counts.clamp_min(1).to(xf.scalar_type()).unsqueeze(1);
+    mean = scatter_sum(xf, segment, samples, 0) / n;
+    var = scatter_sum((xf - gather(mean, segment, 0)).square(), segment, samples, 0) / n;
+    spread_rows = [segment](const at::Tensor& t) { return gather(t, segment, 0); };
   } else {
     const int64_t dim = last ? 1 : 2;
     mean = xf.mean(dim);
-    m2 = (xf - mean.unsqueeze(dim)).square().sum(dim);
+    var = (xf - mean.unsqueeze(dim)).square().mean(dim);
     spread_rows = [dim](const at::Tensor& t) { return t.unsqueeze(dim); };
   }
-  const auto [a, beta] = coefficients_aten(pooled(mean, m2, ptr, s, batch), weight, bias, l, eps);
+  Pooled rows{mean, var, 1.0, at::Tensor()};
+  if (batch) {  // Chan's formula over samples of equal counts: the mean of the variances about the pooled mean
+    const at::Tensor mu = mean.mean(0, true);
+    rows = {mu, (var + (mean - mu).square()).mean(0, true), 1.0, at::Tensor()};
+  }
+  const auto [a, beta] = coefficients_aten(rows, weight, bias, l, eps);
   return (xf * spread_rows(a) + spread_rows(beta)).to(x.scalar_type());
 }
 

@@ -35,6 +35,15 @@ inline CompiledSizes compiled_sizes(int64_t C, int64_t G, int64_t L, int64_t K, 
   return {fixed, 2 * K + 2 * B + 2 * C, (index_numel - fixed) / 3};
 }
 
+// The layout's tensors as named fields, unchecked (each made contiguous, so that kernels may walk them as arrays).
+inline LayoutArgs layout_tensors(at::TensorList t) {
+  TORCH_CHECK(t.size() == 12, "eqnorm: layout must hold the 12 tensors of eqnorm.layout.LayoutTensors, got ",
+              t.size());
+  return {t[0].contiguous(), t[1].contiguous(), t[2].contiguous(),  t[3].contiguous(),
+          t[4].contiguous(), t[5].contiguous(), t[6].contiguous(),  t[7].contiguous(),
+          t[8].contiguous(), t[9].contiguous(), t[10].contiguous(), t[11].contiguous()};
+}
+
 // Checks shapes, dtypes and devices of the layout against x (C channels), weight and bias: O(1), no value is read.
 inline LayoutArgs layout_args(const char* op, at::TensorList t, const at::Tensor& x, int64_t channels,
                               const at::Tensor& weight, const at::Tensor& bias) {
@@ -54,10 +63,7 @@ inline LayoutArgs layout_args(const char* op, at::TensorList t, const at::Tensor
   }
   TORCH_CHECK(t[11].scalar_type() == at::kDouble, op, ": layout compiled_value must be float64, got ",
               t[11].scalar_type());
-  // contiguous, so that kernels may walk them as arrays
-  LayoutArgs l{t[0].contiguous(), t[1].contiguous(), t[2].contiguous(),  t[3].contiguous(),
-               t[4].contiguous(), t[5].contiguous(), t[6].contiguous(),  t[7].contiguous(),
-               t[8].contiguous(), t[9].contiguous(), t[10].contiguous(), t[11].contiguous()};
+  LayoutArgs l = layout_tensors(t);
   TORCH_CHECK(l.field_of_channel.size(0) == channels && l.group_of_channel.size(0) == channels, op,
               ": the layout describes ", l.field_of_channel.size(0), " channels but x has ", channels);
   TORCH_CHECK(l.center_class.size(0) == l.center_channel.size(0) && l.center_value.size(0) == l.center_channel.size(0),

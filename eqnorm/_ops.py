@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-from .coefficients import affine_coefficients
+from .coefficients import affine_coefficients, gather, scatter_sum
 from .layout import LayoutTensors
 
 __all__ = ["accumulation_dtype", "field_norm", "kernel_backend", "torch_field_norm"]
@@ -115,10 +115,9 @@ def torch_moments(
     counts = ptr.diff()
     segment = torch.arange(counts.shape[0], device=x.device).repeat_interleave(counts, output_size=x.shape[0])
     positions = counts.clamp(min=1).to(xf.dtype).unsqueeze(1)
-    zeros = xf.new_zeros(counts.shape[0], x.shape[1])
-    mean = zeros.index_add(0, segment, xf) / positions
-    m2 = zeros.index_add(0, segment, (xf - mean[segment]).square())
-    return mean, m2, positions, lambda t: t[segment]
+    mean = scatter_sum(xf, segment, counts.shape[0], 0) / positions
+    m2 = scatter_sum((xf - gather(mean, segment, 0)).square(), segment, counts.shape[0], 0)
+    return mean, m2, positions, lambda t: gather(t, segment, 0)
 
 
 #: ``(mean, m2, positions) -> (mean, m2, count)`` pooled over the batch (and, for sync batch norm, over processes)
@@ -165,12 +164,23 @@ def field_norm(
     batch: bool,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The compiled op where there is one for ``x``'s device, else :func:`torch_field_norm`."""
-    if x.device.type in _COMPILED:
+    """The compiled op where there is one for ``x``'s device, else :func:`torch_field_norm`; and
+    :func:`torch_field_norm` under the transforms of ``torch.func`` (see :func:`compiled_for`)."""
+    if compiled_for(x):
         if torch.compiler.is_compiling():
             return torch.ops.eqnorm.field_norm(x, weight, bias, list(t), ptr, channels_last, batch, eps)
         return _C.field_norm(x, weight, bias, t, ptr, channels_last, batch, eps)
     return torch_field_norm(x, weight, bias, t, ptr, channels_last, batch, eps)
+
+
+def compiled_for(x: torch.Tensor) -> bool:
+    """Whether the compiled op runs for ``x``: its device has compiled kernels, and no ``torch.func`` transform
+    (``vmap``, ``grad``, ``jacrev``, ``jacfwd``, ``jvp``, ``hessian``, ...) is active. The op's autograd is a C++
+    function, which those transforms cannot see through; its differentiable ATen form (:func:`torch_field_norm`) is
+    what they transform. (``torch.autograd.forward_ad`` tangents the op handles itself, through the same form.)"""
+    if x.device.type not in _COMPILED:
+        return False
+    return torch.compiler.is_compiling() or not torch._C._are_functorch_transforms_active()
 
 
 def field_norm_dense(
@@ -179,7 +189,7 @@ def field_norm_dense(
     """:func:`field_norm` of a contiguous ``(N, C, *spatial)`` ``x`` as ``(N, C, P)`` rows, ``y`` in ``x``'s shape.
     Eager calls view it inside the bound C++ call; traced code (compile, export, ``make_fx``, ``jit.trace``) views it
     here, where the tracer sees the sizes as symbols."""
-    if x.device.type in _COMPILED and not is_tracing(x):
+    if compiled_for(x) and not is_tracing(x):
         return _C.field_norm_dense(x, weight, bias, t, batch, eps)
     y, mean, m2 = field_norm(x.flatten(2), weight, bias, t, None, False, batch, eps)
     return y.reshape(x.shape), mean, m2

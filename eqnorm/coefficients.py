@@ -24,13 +24,30 @@ from .layout import LayoutTensors
 __all__ = ["affine_coefficients", "center", "channel_bias", "group_variance"]
 
 
+def scatter_sum(src: torch.Tensor, index: torch.Tensor, size: int | torch.SymInt, dim: int = -1) -> torch.Tensor:
+    r"""The sums of ``src``'s slices along ``dim`` by ``index`` into ``size`` outputs:
+    :math:`\mathrm{out}_i = \sum_{k: \mathrm{index}_k = i} \mathrm{src}_k`. The sum runs into one output more, left
+    empty: Inductor's vectorized CPU code fails on a scatter into a dimension of size 1 (torch 2.13), which a layer
+    norm's one group, a single centering class or a batch of one graph would be."""
+    shape = list(src.shape)
+    shape[dim] = size + 1
+    return src.new_zeros(shape).index_add(dim, index, src).narrow(dim, 0, size)
+
+
+def gather(t: torch.Tensor, index: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``t.index_select(dim, index)``, from ``t`` with one more slice (zero, never selected), so that the scatter of its
+    backward, too, never targets a dimension of size 1 (see :func:`scatter_sum`)."""
+    dim = dim % t.dim()
+    return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1 - dim) + (0, 1)).index_select(dim, index)
+
+
 def center(m: torch.Tensor, t: LayoutTensors) -> torch.Tensor:
     r""":math:`\mathrm{cen} = K m` for ``(S, C)`` rows: :math:`z_l = s_l \sum_{k: l_k = l} v_k m_{c_k}`, then
     :math:`\mathrm{cen}_c = \sum_{k: c_k = c} v_k z_{l_k}`."""
     value = t.center_value.to(m.dtype)
-    z = m.new_zeros(m.shape[0], t.class_scale.shape[0]).index_add(1, t.center_class, m[:, t.center_channel] * value)
+    z = scatter_sum(gather(m, t.center_channel) * value, t.center_class, t.class_scale.shape[0])
     z = z * t.class_scale.to(m.dtype)
-    return torch.zeros_like(m).index_add(1, t.center_channel, z[:, t.center_class] * value)
+    return scatter_sum(gather(z, t.center_class) * value, t.center_channel, m.shape[1])
 
 
 def group_variance(
@@ -39,14 +56,14 @@ def group_variance(
     r""":math:`\sigma^2_\gamma = \sum_{c\in\gamma} (M_{2,c} + P (m_c - \mathrm{cen}_c)^2) / (P D_\gamma)`,
     ``(S, G)``."""
     spread = m2 + positions * (mean - cen).square()
-    total = mean.new_zeros(mean.shape[0], t.group_size.shape[0]).index_add(1, t.group_of_channel, spread)
+    total = scatter_sum(spread, t.group_of_channel, t.group_size.shape[0])
     return total / (positions * t.group_size.to(mean.dtype))
 
 
 def channel_bias(bias: torch.Tensor, t: LayoutTensors, num_channels: int) -> torch.Tensor:
     r""":math:`b_c = \sum_{j: c_j = c} v_j\,\mathrm{bias}_{t_j}`: the bias on the trivial basis vectors, ``(C,)``."""
-    contributions = bias[t.bias_index] * t.bias_value.to(bias.dtype)
-    return bias.new_zeros(num_channels).index_add(0, t.bias_channel, contributions)
+    contributions = gather(bias, t.bias_index) * t.bias_value.to(bias.dtype)
+    return scatter_sum(contributions, t.bias_channel, num_channels)
 
 
 def affine_coefficients(
@@ -73,5 +90,5 @@ def affine_coefficients(
     acc = mean.dtype
     cen = center(mean, t)
     rstd = torch.rsqrt(group_variance(mean, m2, cen, positions, t) + eps)
-    a = weight.to(acc)[t.field_of_channel] * rstd[:, t.group_of_channel]
+    a = gather(weight.to(acc), t.field_of_channel) * gather(rstd, t.group_of_channel)
     return a, channel_bias(bias.to(acc), t, mean.shape[1]) - a * cen
