@@ -29,7 +29,7 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, size: int | torch.SymInt
     :math:`\mathrm{out}_i = \sum_{k: \mathrm{index}_k = i} \mathrm{src}_k`. The sum runs into one output more, left
     empty: Inductor's vectorized CPU code fails on a scatter into a dimension of size 1 (torch 2.13), which a layer
     norm's one group, a single centering class or a batch of one graph would be."""
-    shape = list(src.shape)
+    shape: list[int | torch.SymInt] = list(src.shape)
     shape[dim] = size + 1
     return src.new_zeros(shape).index_add(dim, index, src).narrow(dim, 0, size)
 
