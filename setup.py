@@ -54,6 +54,7 @@ def extension_modules() -> list:
         "csrc/cpu_passes.cpp",
         "csrc/cpu_rows.cpp",
         "csrc/cpu_field_norm.cpp",
+        "csrc/segment_offsets.cpp",
     ]
     flag = os.environ.get("EQNORM_CUDA")
     can_cuda = cuda_toolkit_ready()

@@ -85,7 +85,7 @@ def statistics_shape(x: torch.Tensor, channels_last: bool, ptr: torch.Tensor | N
 def is_tracing(x: torch.Tensor) -> bool:
     """True while torch.compile, torch.export, torch.jit.trace or a fake-tensor trace (``make_fx``) runs:
     data-dependent checks must wait. Cheap for a plain tensor (well under a microsecond): it runs on every call."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or x.is_meta:
         return True
     return type(x) is not torch.Tensor and is_fake(x)  # is_fake alone costs about 2 us
 
@@ -216,6 +216,10 @@ if _EXTENSION:
         acc = accumulation_dtype(x.dtype)
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
         return y, x.new_empty(shape, dtype=acc), x.new_empty(shape, dtype=acc)
+
+    @torch.library.register_fake("eqnorm::segment_offsets")
+    def _segment_offsets_fake(batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+        return batch.new_empty(num_graphs + 1)
 
     @torch.library.register_fake("eqnorm::field_norm_backward")
     def _field_norm_backward_fake(

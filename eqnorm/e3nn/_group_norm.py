@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .._ops import check_ptr, is_tracing
+from .._ops import check_ptr, is_tracing, kernel_backend
 from ..layout import FieldLayout
 from ..module import FieldNorm
 from ._irreps import IrrepsModule, check_features, parse_irreps
@@ -30,29 +30,37 @@ def segment_offsets(
     ``batch`` must be sorted (nodes grouped by graph, as PyTorch Geometric's loaders produce); an unsorted ``batch``
     is refused with a ``ValueError`` rather than silently regrouped. With ``num_graphs`` (PyTorch Geometric's
     ``num_graphs``/``dim_size``) the offsets have a size known in advance, so ``torch.compile(fullgraph=True)`` and
-    ``torch.export`` need no data-dependent size; without it, graphs with no node are skipped (they own no output),
+    ``torch.export`` need no data-dependent size, and the compiled op ``eqnorm::segment_offsets`` checks ``batch``
+    when the code runs, compiled or not; without it, graphs with no node are skipped (they own no output),
     which costs memory in proportion to the nodes, never to the largest graph id. Neither given: one graph.
     """
     if batch is not None and ptr is not None:
         raise ValueError("give batch or ptr, not both")
+    if num_graphs is not None:
+        if isinstance(num_graphs, bool) or not isinstance(num_graphs, (int, torch.SymInt)):
+            raise TypeError(f"num_graphs must be an int, got {type(num_graphs).__name__}")
+        if num_graphs < 0:
+            raise ValueError(f"num_graphs must be non-negative, got {num_graphs}")
     if ptr is None and batch is None:
         return torch.tensor([0, num_nodes], device=device)
     if ptr is not None:
+        if num_graphs is not None and ptr.shape != (num_graphs + 1,):
+            raise ValueError(f"ptr holds {ptr.shape[0] - 1} graphs but num_graphs is {num_graphs}")
         check_ptr(ptr, num_nodes)
         return ptr
     assert batch is not None
     if batch.shape != (num_nodes,) or batch.dtype != torch.long:
         raise ValueError(f"batch must be {num_nodes} int64 graph indices, got shape {tuple(batch.shape)} {batch.dtype}")
-    if num_graphs is not None and (isinstance(num_graphs, bool) or not isinstance(num_graphs, (int, torch.SymInt))):
-        raise TypeError(f"num_graphs must be an int, got {type(num_graphs).__name__}")
+    if num_graphs is not None and kernel_backend(batch.device) != "torch":
+        return torch.ops.eqnorm.segment_offsets(batch, num_graphs)  # checks batch itself, compiled or not
+    batch = batch.contiguous()  # a single frame's index is often expanded: searchsorted wants it contiguous
     if not is_tracing(batch) and num_nodes:  # data checks need real values: not under compile, export or make_fx
         if bool((batch.diff() < 0).any()) or int(batch[0]) < 0:
             raise ValueError("batch must be sorted and non-negative (nodes grouped by graph); sort the nodes first")
         if num_graphs is not None and int(batch[-1]) >= num_graphs:
             raise ValueError(f"batch holds graph id {int(batch[-1])} but num_graphs is {num_graphs}")
     if num_graphs is not None:
-        bounds = torch.arange(num_graphs + 1, device=batch.device)
-        return torch.searchsorted(batch, bounds)
+        return torch.searchsorted(batch, torch.arange(num_graphs + 1, device=batch.device))
     counts = torch.unique_consecutive(batch, return_counts=True)[1]
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 

@@ -150,3 +150,55 @@ def test_errors(make, call, match):
     with pytest.raises(ValueError, match=match):
         norm = make()
         call(norm)
+
+
+GRAPH_ERRORS = {
+    "negative num_graphs": (dict(batch=torch.tensor([0, 0, 1, 1]), num_graphs=-1), "non-negative, got -1"),
+    "ptr against num_graphs": (dict(ptr=torch.tensor([0, 2, 4]), num_graphs=3), "ptr holds 2 graphs but num_graphs"),
+}
+
+
+@pytest.mark.parametrize("case", GRAPH_ERRORS, ids=str)
+def test_graph_arguments_that_contradict_each_other_are_refused(case):
+    kwargs, match = GRAPH_ERRORS[case]
+    with pytest.raises(ValueError, match=match):
+        IrrepsGroupNorm(IRREPS, 2, over="graph")(torch.randn(4, 24), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("batch", "match"),
+    [([0, 1, 0, 1], "must be sorted"), ([0, 0, 1, 2], "outside 0 .. num_graphs - 1")],
+    ids=["unsorted", "id past num_graphs"],
+)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_bad_graph_index_is_refused_eager_and_compiled(batch, match, compiled):
+    """With num_graphs, the graph index is checked by an op when the code runs: a compiled graph cannot skip it."""
+    norm = IrrepsGroupNorm(IRREPS, 2, over="graph")
+
+    def fn(x, batch):
+        return norm(x, batch=batch, num_graphs=2)
+
+    if compiled:
+        torch._dynamo.reset()
+        fn = torch.compile(fn, fullgraph=True, dynamic=True)
+        fn(torch.randn(5, 24), torch.tensor([0, 0, 1, 1, 1]))  # a good call first: the graph exists
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        fn(torch.randn(4, 24), torch.tensor(batch))
+
+
+def test_meta_tensors_trace_without_reading_values():
+    norm = IrrepsGroupNorm(IRREPS, 2, over="graph").to("meta")
+    x, batch = torch.randn(5, 24, device="meta"), torch.zeros(5, dtype=torch.long, device="meta")
+    assert norm(x, batch=batch, num_graphs=2).shape == (5, 24)
+
+
+def test_an_expanded_single_frame_index_warns_nothing():
+    """nequip batches a single frame as zeros(1).expand(n): a non-contiguous index."""
+    import warnings
+
+    norm = IrrepsGroupNorm(IRREPS, 2, over="graph")
+    x, batch = torch.randn(6, 24), torch.zeros(1, dtype=torch.long).expand(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = norm(x, batch=batch, num_graphs=1)
+    torch.testing.assert_close(y, norm(x, batch=torch.zeros(6, dtype=torch.long), num_graphs=1))
