@@ -4,7 +4,7 @@ and e3nn batch-norm layers; and ``convert_sync_batchnorm``."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,9 +37,10 @@ class BatchFieldNorm(LayoutModule):
     ``num_batches_tracked`` are registered as ``None``), ``reset_running_stats()`` and ``reset_parameters()``.
     """
 
-    running_cen: torch.Tensor | None
-    running_var: torch.Tensor | None
-    num_batches_tracked: torch.Tensor | None
+    if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations, and infers them from the values
+        running_cen: torch.Tensor | None
+        running_var: torch.Tensor | None
+        num_batches_tracked: torch.Tensor | None
 
     def __init__(
         self,

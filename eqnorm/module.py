@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,10 +28,13 @@ class LayoutModule(torch.nn.Module):
     the ops read them in the accumulation dtype of the input.
     """
 
-    weight: torch.nn.Parameter | None
-    bias: torch.nn.Parameter | None
-    unit_weight: torch.Tensor
-    zero_bias: torch.Tensor
+    if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations, and infers them from the values
+        weight: torch.nn.Parameter | None
+        bias: torch.nn.Parameter | None
+        unit_weight: torch.Tensor
+        zero_bias: torch.Tensor
+    # Python-side views: TorchScript compiles a module's properties unless they are listed here
+    __jit_unused_properties__ = ["num_groups", "num_channels", "num_fields", "layout_tensors"]
 
     def __init__(self, layout: FieldLayout, eps: float, affine: bool, bias: bool = True) -> None:
         super().__init__()
@@ -136,9 +139,44 @@ class FieldNorm(LayoutModule):
 
     def forward(self, x: torch.Tensor, ptr: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(N, C, *spatial)``, or ``(positions, C)`` with segment offsets ``ptr``."""
+        if torch.jit.is_scripting():
+            return self.scripted_forward(x, ptr)
+        return self.eager_forward(x, ptr)
+
+    @torch.jit.unused
+    def eager_forward(self, x: torch.Tensor, ptr: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` in Python: the input checked against the layout, then the fastest route to the op."""
         check_input(x, self.layout)
         weight, bias = self.parameters_or_constants()
         return field_norm(x, weight, bias, self.layout_tensors, self.eps, ptr=ptr)[0]
+
+    def scripted_forward(self, x: torch.Tensor, ptr: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` as TorchScript runs it (LAMMPS, ``e3nn.util.jit``): the registered op on the rows of ``x``,
+        which checks its arguments itself; ``x`` of any memory format is made contiguous first."""
+        weight = self.unit_weight if self.weight is None else self.weight
+        bias = self.zero_bias if self.bias is None else self.bias
+        if ptr is not None:
+            rows, last = x.contiguous(), True
+        elif x.dim() == 2:  # point features: (N, C) as N rows of one position, channels last
+            rows, last = x.contiguous().unsqueeze(1), True
+        else:
+            rows, last = x.contiguous().flatten(2), False
+        layout = [
+            self.layout_field_of_channel,
+            self.layout_group_of_channel,
+            self.layout_group_size,
+            self.layout_center_channel,
+            self.layout_center_class,
+            self.layout_center_value,
+            self.layout_class_scale,
+            self.layout_bias_channel,
+            self.layout_bias_index,
+            self.layout_bias_value,
+            self.layout_compiled_index,
+            self.layout_compiled_value,
+        ]
+        y = torch.ops.eqnorm.field_norm(rows, weight, bias, layout, ptr, last, False, self.eps)[0]
+        return y.reshape(x.shape)
 
 
 class NormAttributes:
@@ -146,7 +184,11 @@ class NormAttributes:
     of ``torch.nn.GroupNorm`` (``num_groups``, ``num_channels``, ``eps``, ``affine``, ``weight``, ``bias``,
     ``reset_parameters()``) and the ``layout``."""
 
-    norm: LayoutModule
+    # Python-side views of `norm`: TorchScript compiles a module's properties unless they are listed here
+    __jit_unused_properties__ = ["layout", "weight", "bias", "num_groups", "num_channels", "affine", "eps"]
+
+    if TYPE_CHECKING:
+        norm: LayoutModule
 
     @property
     def layout(self) -> FieldLayout:

@@ -8,7 +8,15 @@ from e3nn import o3
 from e3nn.nn import BatchNorm
 from escnn import gspaces, nn
 
-from eqnorm import FieldBatchNorm, FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm, FieldLayout, FieldNorm
+from eqnorm import (
+    FieldBatchNorm,
+    FieldGroupNorm,
+    FieldInstanceNorm,
+    FieldLayerNorm,
+    FieldLayout,
+    FieldNorm,
+    kernel_backend,
+)
 from eqnorm.e3nn import IrrepsBatchNorm, IrrepsGroupNorm, IrrepsLayerNorm
 
 C8 = gspaces.rot2dOnR2(8)
@@ -164,3 +172,22 @@ def test_deepcopy_and_state_dict_round_trip_with_none_parameters():
     clone.load_state_dict(layer.state_dict())
     x = sample_input(layer)
     torch.testing.assert_close(clone(x).tensor, layer(x).tensor)
+
+
+@pytest.mark.skipif(kernel_backend("cpu") == "torch", reason="the compiled extension is not built")
+def test_field_norm_scripts_and_equals_eager():
+    """FieldNorm (what the escnn layers' export() returns) under TorchScript: the compiled op, eager's numbers."""
+    layout = FieldLayout([["s", "v"], ["s"], ["v"], ["s", "s"]], {"s": 1, "v": 2}, {"s"}, [0, 1, 0, 1])
+    norm = FieldNorm(layout).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    scripted = torch.jit.script(norm)
+    x = torch.randn(2, 8, 3, 5, dtype=torch.float64) + 1
+    for memory in (torch.contiguous_format, torch.channels_last):
+        xm = x.contiguous(memory_format=memory)
+        torch.testing.assert_close(scripted(xm), norm(xm), atol=1e-13, rtol=1e-13)
+    nodes, ptr = torch.randn(5, 8, dtype=torch.float64), torch.tensor([0, 2, 5])
+    torch.testing.assert_close(scripted(nodes, ptr), norm(nodes, ptr), atol=1e-13, rtol=1e-13)
+    with pytest.raises(RuntimeError, match="describes 8 channels but x has 7"):
+        scripted(torch.randn(2, 7, 3, dtype=torch.float64))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from e3nn.util.jit import compile_mode
 
 from .._ops import check_ptr, is_tracing, kernel_backend
 from ..layout import FieldLayout
@@ -65,6 +66,7 @@ def segment_offsets(
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
+@compile_mode("script")  # e3nn.util.jit.compile scripts it; MACE's LAMMPS export goes through TorchScript
 class IrrepsGroupNorm(IrrepsModule):
     r"""Equivariant group normalization of e3nn features: every irrep copy is a field, groups are made of copies.
 
@@ -141,6 +143,55 @@ class IrrepsGroupNorm(IrrepsModule):
         num_graphs: int | None = None,
     ) -> torch.Tensor:
         """``x`` as ``over`` says; per graph, ``batch`` (with ``num_graphs`` for compiled code) or ``ptr``."""
+        if torch.jit.is_scripting():
+            return self.scripted_forward(x, batch, ptr, num_graphs)
+        return self.eager_forward(x, batch, ptr, num_graphs)
+
+    def scripted_forward(
+        self,
+        x: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        ptr: torch.Tensor | None = None,
+        num_graphs: int | None = None,
+    ) -> torch.Tensor:
+        """``forward`` as TorchScript runs it (MACE's LAMMPS export, ``e3nn.util.jit``): the checks the op cannot
+        make, then the op."""
+        dim = self.dim
+        if x.dim() == 0 or x.shape[-1] != dim:
+            raise ValueError("eqnorm: expected features (..., " + str(dim) + ") for these irreps")
+        if self.over != "graph":
+            if batch is not None or ptr is not None or num_graphs is not None:
+                raise ValueError("eqnorm: batch and ptr are for over='graph'; this layer normalizes over=" + self.over)
+            if self.over == "node":
+                return self.norm(x.reshape(-1, dim)).reshape(x.shape)
+            if x.dim() != 3:
+                raise ValueError("eqnorm: over='points' expects (batch, points, " + str(dim) + ")")
+            return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        if x.dim() != 2:
+            raise ValueError("eqnorm: over='graph' expects (num_nodes, " + str(dim) + ")")
+        if batch is not None and ptr is not None:
+            raise ValueError("eqnorm: give batch or ptr, not both")
+        if ptr is None:
+            if batch is None:
+                ptr = torch.tensor([0, x.shape[0]], device=x.device)
+            elif num_graphs is None:
+                counts = torch.unique_consecutive(batch, return_counts=True)[1]
+                ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+                if not bool((batch.diff() >= 0).all()):
+                    raise ValueError("eqnorm: batch must be sorted (nodes grouped by graph); sort the nodes first")
+            else:
+                ptr = torch.ops.eqnorm.segment_offsets(batch, num_graphs)
+        return self.norm(x, ptr)
+
+    @torch.jit.unused
+    def eager_forward(
+        self,
+        x: torch.Tensor,
+        batch: torch.Tensor | None = None,
+        ptr: torch.Tensor | None = None,
+        num_graphs: int | None = None,
+    ) -> torch.Tensor:
+        """``forward`` in Python, every argument checked with a message that shows it."""
         dim = self.dim
         check_features(x, dim)
         if self.over != "graph" and (batch is not None or ptr is not None or num_graphs is not None):

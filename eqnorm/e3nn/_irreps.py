@@ -3,7 +3,7 @@ attributes of ``torch.nn.GroupNorm`` read from the plain module inside."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from e3nn import o3
@@ -33,8 +33,11 @@ class IrrepsModule(NormAttributes, torch.nn.Module):
     :class:`~eqnorm.module.LayoutModule`, with its attributes (:class:`~eqnorm.module.NormAttributes`) and the
     ``normalization`` of e3nn's ``BatchNorm``."""
 
-    irreps_in: o3.Irreps
-    irreps_out: o3.Irreps
+    if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations
+        irreps_in: o3.Irreps
+        irreps_out: o3.Irreps
+
+    __jit_unused_properties__ = [*NormAttributes.__jit_unused_properties__, "normalization"]
 
     @property
     def normalization(self) -> str:
