@@ -34,7 +34,7 @@ class LayoutModule(torch.nn.Module):
         unit_weight: torch.Tensor
         zero_bias: torch.Tensor
     # Python-side views: TorchScript compiles a module's properties unless they are listed here
-    __jit_unused_properties__ = ["num_groups", "num_channels", "num_fields", "layout_tensors"]
+    __jit_unused_properties__ = ("num_groups", "num_channels", "num_fields", "layout_tensors")
 
     def __init__(self, layout: FieldLayout, eps: float, affine: bool, bias: bool = True) -> None:
         super().__init__()
@@ -185,7 +185,7 @@ class NormAttributes:
     ``reset_parameters()``) and the ``layout``."""
 
     # Python-side views of `norm`: TorchScript compiles a module's properties unless they are listed here
-    __jit_unused_properties__ = ["layout", "weight", "bias", "num_groups", "num_channels", "affine", "eps"]
+    __jit_unused_properties__: tuple[str, ...] = ("layout", "weight", "bias", "num_groups", "num_channels", "affine", "eps")
 
     if TYPE_CHECKING:
         norm: LayoutModule

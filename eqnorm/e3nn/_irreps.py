@@ -37,7 +37,7 @@ class IrrepsModule(NormAttributes, torch.nn.Module):
         irreps_in: o3.Irreps
         irreps_out: o3.Irreps
 
-    __jit_unused_properties__ = [*NormAttributes.__jit_unused_properties__, "normalization"]
+    __jit_unused_properties__ = (*NormAttributes.__jit_unused_properties__, "normalization")
 
     @property
     def normalization(self) -> str:
