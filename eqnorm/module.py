@@ -185,7 +185,15 @@ class NormAttributes:
     ``reset_parameters()``) and the ``layout``."""
 
     # Python-side views of `norm`: TorchScript compiles a module's properties unless they are listed here
-    __jit_unused_properties__: tuple[str, ...] = ("layout", "weight", "bias", "num_groups", "num_channels", "affine", "eps")
+    __jit_unused_properties__: tuple[str, ...] = (
+        "layout",
+        "weight",
+        "bias",
+        "num_groups",
+        "num_channels",
+        "affine",
+        "eps",
+    )
 
     if TYPE_CHECKING:
         norm: LayoutModule

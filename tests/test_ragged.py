@@ -98,5 +98,5 @@ def test_graph_ids_cost_memory_by_nodes_not_by_id():
     far = torch.tensor([0, 0, 7, 10**9, 10**9])  # an id of 1e9 must not allocate a billion offsets
     near = torch.tensor([0, 0, 1, 2, 2])
     torch.testing.assert_close(norm(x, batch=far), norm(x, batch=near))
-    with pytest.raises(RuntimeError, match="graph id outside 0 .. num_graphs - 1"):  # checked by the op
+    with pytest.raises(RuntimeError, match=r"graph id outside 0 \.\. num_graphs - 1"):  # checked by the op
         norm(x, batch=far, num_graphs=3)
