@@ -144,7 +144,8 @@ def torch_field_norm(
     pool: Pool = pool_batch,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``field_norm`` in plain ATen operations: the reference, differentiable to any order."""
-    if x.numel() == 0:
+    if x.numel() == 0 and not (batch and pool is not pool_batch):  # a process's share of a synchronised batch
+        # may be empty: it still joins the pool's collective
         stats = x.new_zeros(statistics_shape(x, channels_last, ptr), dtype=accumulation_dtype(x.dtype))
         return x.clone(), stats, stats.clone()
     mean, m2, positions, rows = torch_moments(x, channels_last, ptr)

@@ -61,7 +61,7 @@ class BatchFieldNorm(LayoutModule):
             raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
         super().__init__(layout, eps, affine, bias)
         self.momentum = momentum
-        self.sync = False
+        self.sync = process_group is not None  # as torch.nn.SyncBatchNorm: a group given is a group synchronised
         self.process_group = process_group
         self.track_running_stats = track_running_stats
         tracked = track_running_stats
@@ -90,7 +90,7 @@ class BatchFieldNorm(LayoutModule):
         if not self.training and self.track_running_stats:
             return self._normalize_with_running_statistics(x, weight, bias)
         values = x.numel() // x.shape[1]
-        if 0 < values <= 1:
+        if 0 < values <= 1 and not self.sync:  # synchronised, the count over every process decides (sync_pool)
             raise ValueError(
                 "batch normalization in training needs more than one value per channel, got 1 (a batch of one "
                 "sample with no spatial extent); use eval mode or a per-sample norm such as FieldGroupNorm"
@@ -101,8 +101,9 @@ class BatchFieldNorm(LayoutModule):
             y, mean, m2 = field_norm(x, weight, bias, t, self.eps, batch=True, pool=sync_pool(self.process_group))
         else:
             y, mean, m2 = field_norm(x, weight, bias, t, self.eps, batch=True)
-        if self.training and self.track_running_stats and x.numel() > 0:
-            self._update_running_statistics(mean, m2, values // x.shape[0])
+        # synchronised, every process joins the statistics' all-gather, one without samples too
+        if self.training and self.track_running_stats and (x.numel() > 0 or self.sync):
+            self._update_running_statistics(mean, m2, values // max(x.shape[0], 1))
         return y
 
     def _normalize_with_running_statistics(

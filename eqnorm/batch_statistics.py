@@ -32,7 +32,7 @@ def combine(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chan's combination of parts ``(R,)`` counts, ``(R, C)`` means and ``(R, C)`` M2 into one ``(C,)`` each."""
     total = count.sum()
-    mu = (count.unsqueeze(1) * mean).sum(0) / total
+    mu = (count.unsqueeze(1) * mean).sum(0) / total.clamp(min=1)  # no part (a process without samples): zeros
     return total, mu, m2.sum(0) + (count.unsqueeze(1) * (mean - mu).square()).sum(0)
 
 
@@ -81,6 +81,11 @@ def sync_pool(
 
     def pool(mean: torch.Tensor, m2: torch.Tensor, positions: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         total, mu, spread = global_moments(mean, m2, positions, True, process_group)
+        if float(total) <= 1:  # the same total on every process: all raise together
+            raise ValueError(
+                "batch normalization in training needs more than one value per channel over all processes, got "
+                f"{int(total)}; use eval mode or a per-sample norm such as FieldGroupNorm"
+            )
         return mu.unsqueeze(0), spread.unsqueeze(0), total
 
     return pool

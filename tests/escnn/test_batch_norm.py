@@ -117,19 +117,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, x, dy, state, queue):
+def _worker(rank, world, port, x, dy, state, queue, splits, by_argument):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group(
         "gloo", rank=rank, world_size=world, timeout=__import__("datetime").timedelta(seconds=60)
     )
     try:
         ft = regular()
-        norm = convert_sync_batchnorm(FieldBatchNorm(ft).double())
+        if by_argument:  # the constructor's process_group synchronises, as torch.nn.SyncBatchNorm's does
+            norm = FieldBatchNorm(ft, process_group=torch.distributed.group.WORLD).double()
+        else:
+            norm = convert_sync_batchnorm(FieldBatchNorm(ft).double())
         norm.load_state_dict(state)
-        half = x.shape[0] // world
-        xs = x[rank * half : (rank + 1) * half].clone().requires_grad_()
+        start = sum(splits[:rank])
+        part = slice(start, start + splits[rank])
+        xs = x[part].clone().requires_grad_()
         y = norm(nn.GeometricTensor(xs, ft)).tensor
-        grads = torch.autograd.grad(y, (xs, norm.weight, norm.bias), dy[rank * half : (rank + 1) * half])
+        grads = torch.autograd.grad(y, (xs, norm.weight, norm.bias), dy[part])
         # numpy arrays travel by value (a tensor would be shared through this process, which is about to exit)
         tensors = (y.detach(), *grads, norm.running_cen, norm.running_var)
         queue.put((rank, *(t.numpy().copy() for t in tensors)))
@@ -137,14 +141,19 @@ def _worker(rank, world, port, x, dy, state, queue):
         torch.distributed.destroy_process_group()
 
 
-def test_two_processes_equal_one_process_on_the_whole_batch():
+@pytest.mark.parametrize(
+    ("splits", "size", "by_argument"),
+    [((2, 2), 5, False), ((0, 4), 3, False), ((1, 3), 1, False), ((3, 2), 2, True)],
+    ids=["2+2", "0+4: a process without samples", "1+3 samples of one value each", "3+2, process_group argument"],
+)
+def test_two_processes_equal_one_process_on_the_whole_batch(splits, size, by_argument):
     ft = regular()
     reference = FieldBatchNorm(ft).double()
     with torch.no_grad():
         reference.weight.uniform_(0.5, 1.5)
         reference.bias.normal_()
     state = {k: v.clone() for k, v in reference.state_dict().items()}
-    x = torch.randn(4, ft.size, 5, 5, dtype=torch.float64) * 2 + 1
+    x = torch.randn(sum(splits), ft.size, size, size, dtype=torch.float64) * 2 + 1
     dy = torch.randn_like(x)
     xr = x.clone().requires_grad_()
     y = reference(nn.GeometricTensor(xr, ft)).tensor
@@ -153,7 +162,7 @@ def test_two_processes_equal_one_process_on_the_whole_batch():
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, x, dy, state, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, x, dy, state, queue, splits, by_argument)) for r in range(2)]
     for p in procs:
         p.start()
     results = {r[0]: [torch.from_numpy(a) for a in r[1:]] for r in (queue.get(timeout=120) for _ in procs)}
