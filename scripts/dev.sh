@@ -5,6 +5,8 @@
 #   scripts/dev.sh bench   the CPU benchmarks (escnn shapes, then the e3nn layers)
 #   scripts/dev.sh lint    ruff and mypy
 #   scripts/dev.sh cuda-check   compile every CUDA source with nvcc for sm_80 and sm_90 (no GPU needed)
+#   scripts/dev.sh clients      the tests inside real client packages (mace-torch, which pins e3nn 0.4.4), in
+#                               .venv-clients beside .venv, with the kernels .venv built
 #   scripts/dev.sh docs    build the documentation site into docs/_build/html (warnings are errors)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,6 +58,16 @@ case "$job" in
   bench) "$py" benchmarks/cpu.py "$@" && "$py" benchmarks/e3nn_cpu.py ;;
   lint) "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check . && "$venv/bin/mypy" ;;
   docs) exec "$venv/bin/sphinx-build" -W --keep-going -q -b html docs docs/_build/html "$@" ;;
+  clients)
+    clients="$root/.venv-clients"
+    [ -x "$clients/bin/python" ] || "$(command -v python3.11 || command -v python3)" -m venv "$clients"
+    echo "eqnorm clients: installing mace-torch into .venv-clients (log: .venv-clients/setup.log)" >&2
+    "$clients/bin/python" -m pip install --disable-pip-version-check "$torch_pin" "numpy<2" "mace-torch==0.3.16" ase \
+      pytest hypothesis >"$clients/setup.log" 2>&1 || { tail -n 40 "$clients/setup.log" >&2; exit 1; }
+    # eqnorm from this checkout, its kernels as .venv built them (the same torch); e3nn 0.4 loads its constants with
+    # torch.load, which torch >= 2.6 refuses without this (mace-torch sets it too)
+    PYTHONPATH="$root" TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 exec "$clients/bin/python" -m pytest -q -p no:cacheprovider \
+      tests/clients tests/e3nn tests/test_transforms.py "$@" ;;
   cuda-check)
     tmp=$(mktemp -d)
     for source in csrc/cuda/*.cu; do
@@ -73,5 +85,5 @@ case "$job" in
       -I"$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" csrc/cuda_binding.cpp
     echo "g++: csrc/cuda_binding.cpp compiles against torch's and the toolkit's headers"
     rm -rf "$tmp" ;;
-  *) echo "usage: scripts/dev.sh [check|test|bench|lint|docs|cuda-check|setup] [args...]" >&2; exit 2 ;;
+  *) echo "usage: scripts/dev.sh [check|test|bench|lint|docs|cuda-check|clients|setup] [args...]" >&2; exit 2 ;;
 esac

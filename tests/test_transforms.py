@@ -125,7 +125,11 @@ def energy_forces_model(over: str):
     from eqnorm.e3nn import IrrepsGroupNorm, IrrepsLayerNorm
 
     irreps = o3.Irreps("4x0e+2x1o")
-    lin = o3.Linear(o3.Irreps("1x1o"), irreps).double()
+
+    def lin(pos: torch.Tensor) -> torch.Tensor:  # plain torch (e3nn 0.4's Linear is a ScriptModule Dynamo refuses)
+        r = pos.norm(dim=1, keepdim=True)
+        scalars = torch.cat([r, r.square(), r.cos(), (r * 0.5).sin()], 1)
+        return torch.cat([scalars, pos, pos * r], 1)
     # a layer norm has one group and one centering class: scatters into a dimension of size 1 in its derivatives
     norm = IrrepsLayerNorm(irreps).double() if over == "node" else IrrepsGroupNorm(irreps, 2, over=over).double()
 
