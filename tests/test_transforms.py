@@ -130,6 +130,7 @@ def energy_forces_model(over: str):
         r = pos.norm(dim=1, keepdim=True)
         scalars = torch.cat([r, r.square(), r.cos(), (r * 0.5).sin()], 1)
         return torch.cat([scalars, pos, pos * r], 1)
+
     # a layer norm has one group and one centering class: scatters into a dimension of size 1 in its derivatives
     norm = IrrepsLayerNorm(irreps).double() if over == "node" else IrrepsGroupNorm(irreps, 2, over=over).double()
 
