@@ -53,6 +53,11 @@ class LayoutModule(torch.nn.Module):
             "bias", torch.nn.Parameter(torch.zeros(layout.num_trivial)) if affine and bias else None
         )
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "eps":  # checked whenever it is set, as torch.nn.GroupNorm users set it after construction
+            value = check_eps(value)
+        super().__setattr__(name, value)
+
     @property
     def num_groups(self) -> int:
         return self.layout.num_groups

@@ -121,7 +121,7 @@ def test_one_line_repr_like_torch():
 def test_export_returns_the_module_in_eval_mode_as_escnn_does():
     layer = FieldBatchNorm(FT).train()
     exported = layer.export()
-    assert not exported.training and layer.training
+    assert not exported.training and not layer.training  # escnn: "export ... and set to 'eval' mode"
     x = sample_input(layer)
     torch.testing.assert_close(exported(x.tensor), layer.eval()(x).tensor)
 
@@ -191,3 +191,11 @@ def test_field_norm_scripts_and_equals_eager():
     torch.testing.assert_close(scripted(nodes, ptr), norm(nodes, ptr), atol=1e-13, rtol=1e-13)
     with pytest.raises(RuntimeError, match="describes 8 channels but x has 7"):
         scripted(torch.randn(2, 7, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("eps", [float("nan"), 0.0, -1e-5, float("inf")])
+def test_eps_set_after_construction_is_checked(eps):
+    norm = FieldNorm(FieldLayout.scalars(4, 2))
+    with pytest.raises(ValueError, match="eps must be positive and finite"):
+        norm.eps = eps
+    assert norm.eps == 1e-5

@@ -47,9 +47,10 @@ class FieldModule(NormAttributes, EquivariantModule):
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def export(self) -> LayoutModule:
-        """A plain module computing the same function with no escnn object inside, in eval mode as escnn's
-        ``export()`` returns its modules."""
-        return copy.deepcopy(self.norm).eval()
+        """A plain module computing the same function with no escnn object inside. As escnn defines ``export()``
+        ("export this module to a normal PyTorch module and set to 'eval' mode"), this layer is set to eval mode too."""
+        self.eval()
+        return copy.deepcopy(self.norm)
 
     def forward(self, input: GeometricTensor) -> GeometricTensor:
         """Normalize ``input``, which must be a ``GeometricTensor`` of type ``in_type``; returns the same type."""
