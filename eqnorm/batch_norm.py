@@ -84,6 +84,37 @@ class BatchFieldNorm(LayoutModule):
         super().reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.scripted_forward(x)
+        return self.eager_forward(x)
+
+    def scripted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` as TorchScript runs it, for deployment: with running statistics in eval mode, batch statistics
+        otherwise; updating running statistics (training) is left to Python."""
+        running_cen, running_var = self.running_cen, self.running_var
+        if running_cen is None or running_var is None:
+            return self.scripted_op(x, None, True)
+        if self.training:
+            raise RuntimeError(
+                "eqnorm: a scripted batch norm does not update running statistics; script it in eval mode"
+            )
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        weight = (self.unit_weight if self.weight is None else self.weight).to(acc)
+        bias = (self.zero_bias if self.bias is None else self.bias).to(acc)
+        a = (
+            weight[self.layout_field_of_channel]
+            * torch.rsqrt(running_var.to(acc) + self.eps)[self.layout_group_of_channel]
+        )
+        b = torch.zeros_like(a).index_add(
+            0, self.layout_bias_channel, bias[self.layout_bias_index] * self.layout_bias_value.to(acc)
+        )
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        return (x.to(acc) * a.view(shape) + (b - a * running_cen.to(acc)).view(shape)).to(x.dtype)
+
+    @torch.jit.unused
+    def eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` in Python: checks, batch statistics (synchronised across processes when ``sync``) and their
+        running averages in training, the running statistics in eval."""
         check_input(x, self.layout)
         weight, bias = self.parameters_or_constants()
         t = self.layout_tensors
@@ -106,6 +137,7 @@ class BatchFieldNorm(LayoutModule):
             self._update_running_statistics(mean, m2, values // max(x.shape[0], 1))
         return y
 
+    @torch.jit.unused
     def _normalize_with_running_statistics(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     ) -> torch.Tensor:
@@ -117,6 +149,7 @@ class BatchFieldNorm(LayoutModule):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         return (x.to(acc) * a.view(shape) + beta.view(shape)).to(x.dtype)
 
+    @torch.jit.unused
     @torch.no_grad()
     def _update_running_statistics(self, mean: torch.Tensor, m2: torch.Tensor, positions: int) -> None:
         cen, var = running_statistics(mean, m2, self.layout_tensors, positions, self.sync, self.process_group)
@@ -138,7 +171,15 @@ class BatchNormAttributes(NormAttributes):
     :class:`~eqnorm.module.NormAttributes`: ``torch.nn.BatchNorm2d``'s ``momentum``, ``track_running_stats``,
     ``running_var`` and ``reset_running_stats()``."""
 
-    norm: BatchFieldNorm
+    __jit_unused_properties__: tuple[str, ...] = (
+        *NormAttributes.__jit_unused_properties__,
+        "momentum",
+        "track_running_stats",
+        "running_var",
+    )
+
+    if TYPE_CHECKING:
+        norm: BatchFieldNorm
 
     @property
     def momentum(self) -> float | None:

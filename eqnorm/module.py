@@ -33,6 +33,11 @@ class LayoutModule(torch.nn.Module):
         bias: torch.nn.Parameter | None
         unit_weight: torch.Tensor
         zero_bias: torch.Tensor
+        layout_field_of_channel: torch.Tensor
+        layout_group_of_channel: torch.Tensor
+        layout_bias_channel: torch.Tensor
+        layout_bias_index: torch.Tensor
+        layout_bias_value: torch.Tensor
     # Python-side views: TorchScript compiles a module's properties unless they are listed here
     __jit_unused_properties__ = ("num_groups", "num_channels", "num_fields", "layout_tensors")
 
@@ -69,6 +74,34 @@ class LayoutModule(torch.nn.Module):
     @property
     def num_fields(self) -> int:
         return self.layout.num_fields
+
+    def scripted_op(self, x: torch.Tensor, ptr: torch.Tensor | None, batch: bool) -> torch.Tensor:
+        """``y`` of ``torch.ops.eqnorm.field_norm`` for ``x`` ``(N, C, *spatial)``, ``(N, C)`` or ragged with
+        ``ptr``, in TorchScript (which cannot call the Python route): the rows of ``x`` made contiguous first."""
+        weight = self.unit_weight if self.weight is None else self.weight
+        bias = self.zero_bias if self.bias is None else self.bias
+        if ptr is not None:
+            rows, last = x.contiguous(), True
+        elif x.dim() == 2:  # point features: (N, C) as N rows of one position, channels last
+            rows, last = x.contiguous().unsqueeze(1), True
+        else:
+            rows, last = x.contiguous().flatten(2), False
+        layout = [
+            self.layout_field_of_channel,
+            self.layout_group_of_channel,
+            self.layout_group_size,
+            self.layout_center_channel,
+            self.layout_center_class,
+            self.layout_center_value,
+            self.layout_class_scale,
+            self.layout_bias_channel,
+            self.layout_bias_index,
+            self.layout_bias_value,
+            self.layout_compiled_index,
+            self.layout_compiled_value,
+        ]
+        y = torch.ops.eqnorm.field_norm(rows, weight, bias, layout, ptr, last, batch, self.eps)[0]
+        return y.reshape(x.shape)
 
     def reset_parameters(self) -> None:
         """``weight`` to ones and ``bias`` to zeros, as at construction."""
@@ -156,32 +189,9 @@ class FieldNorm(LayoutModule):
         return field_norm(x, weight, bias, self.layout_tensors, self.eps, ptr=ptr)[0]
 
     def scripted_forward(self, x: torch.Tensor, ptr: torch.Tensor | None = None) -> torch.Tensor:
-        """``forward`` as TorchScript runs it (LAMMPS, ``e3nn.util.jit``): the registered op on the rows of ``x``,
-        which checks its arguments itself; ``x`` of any memory format is made contiguous first."""
-        weight = self.unit_weight if self.weight is None else self.weight
-        bias = self.zero_bias if self.bias is None else self.bias
-        if ptr is not None:
-            rows, last = x.contiguous(), True
-        elif x.dim() == 2:  # point features: (N, C) as N rows of one position, channels last
-            rows, last = x.contiguous().unsqueeze(1), True
-        else:
-            rows, last = x.contiguous().flatten(2), False
-        layout = [
-            self.layout_field_of_channel,
-            self.layout_group_of_channel,
-            self.layout_group_size,
-            self.layout_center_channel,
-            self.layout_center_class,
-            self.layout_center_value,
-            self.layout_class_scale,
-            self.layout_bias_channel,
-            self.layout_bias_index,
-            self.layout_bias_value,
-            self.layout_compiled_index,
-            self.layout_compiled_value,
-        ]
-        y = torch.ops.eqnorm.field_norm(rows, weight, bias, layout, ptr, last, False, self.eps)[0]
-        return y.reshape(x.shape)
+        """``forward`` as TorchScript runs it (LAMMPS, ``e3nn.util.jit``): the registered op, which checks its
+        arguments itself."""
+        return self.scripted_op(x, ptr, False)
 
 
 class NormAttributes:

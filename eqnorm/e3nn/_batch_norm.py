@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from e3nn.util.jit import compile_mode
 
 from ..batch_norm import BatchFieldNorm, BatchNormAttributes, batch_grouping
 from ..layout import FieldLayout
@@ -15,6 +16,7 @@ from ._irreps import IrrepsModule, check_features, parse_irreps
 __all__ = ["IrrepsBatchNorm"]
 
 
+@compile_mode("script")  # e3nn.util.jit.compile scripts it (deployment, in eval mode)
 class IrrepsBatchNorm(BatchNormAttributes, IrrepsModule):
     r"""Equivariant batch normalization of e3nn features ``x`` ``(..., dim)``: statistics over every leading index
     (batch, nodes, points), every irrep copy a field, only ``0e`` centered and biased.
@@ -35,8 +37,11 @@ class IrrepsBatchNorm(BatchNormAttributes, IrrepsModule):
     ``reset_parameters()``. ``num_groups`` alone gives contiguous groups of copies.
     """
 
-    norm: BatchFieldNorm
-    scalar_channels: torch.Tensor
+    __jit_unused_properties__ = (*BatchNormAttributes.__jit_unused_properties__, "normalization", "running_mean")
+
+    if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations
+        norm: BatchFieldNorm
+        scalar_channels: torch.Tensor
 
     def __init__(
         self,
@@ -71,8 +76,14 @@ class IrrepsBatchNorm(BatchNormAttributes, IrrepsModule):
         return None if cen is None else cen[self.scalar_channels]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_features(x, self.dim)
+        if not torch.jit.is_scripting():
+            self.check(x)
         return self.norm(x.reshape(-1, self.dim)).reshape(x.shape)
+
+    @torch.jit.unused
+    def check(self, x: torch.Tensor) -> None:
+        """``ValueError`` unless ``x`` is ``(..., dim)`` (in Python; scripted, the op checks the channels)."""
+        check_features(x, self.dim)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.irreps_in}, {self.norm.settings_repr()})"

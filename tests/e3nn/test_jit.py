@@ -42,7 +42,7 @@ def test_scripted_layer_equals_eager(case):
     torch.testing.assert_close(ys, y, atol=1e-13, rtol=1e-13)
     dy = torch.randn(y.shape, generator=GEN, dtype=y.dtype)
     torch.testing.assert_close(torch.autograd.grad(ys, x, dy)[0], torch.autograd.grad(y, x, dy)[0])
-    assert "ops.eqnorm.field_norm" in scripted.norm.scripted_forward.code  # the compiled op, not the Python route
+    assert "ops.eqnorm.field_norm" in scripted.norm.scripted_op.code  # the compiled op, not the Python route
 
 
 def test_scripted_layer_refuses_a_bad_graph_index():
@@ -79,3 +79,20 @@ def test_e3nn_jit_compile_of_a_model_holding_the_norm():
     torch.testing.assert_close(scripted_energy, energy)
     forces = torch.autograd.grad(energy, pos)[0]
     torch.testing.assert_close(torch.autograd.grad(scripted_energy, pos)[0], forces)
+
+
+def test_batch_norm_scripts_for_deployment():
+    """Scripted in eval mode it normalizes with the running statistics; without them, with batch statistics; a
+    scripted batch norm in training mode (which would have to update running statistics) is refused."""
+    from eqnorm.e3nn import IrrepsBatchNorm
+
+    norm = IrrepsBatchNorm(IRREPS).double()
+    for scale in (1.0, 3.0):
+        norm(X * scale)  # running statistics away from their start
+    norm.eval()
+    torch.testing.assert_close(torch.jit.script(norm)(X), norm(X), atol=1e-13, rtol=1e-13)
+    assert_auto_jitable(norm)
+    free = IrrepsBatchNorm(IRREPS, track_running_stats=False).double()
+    torch.testing.assert_close(torch.jit.script(free)(X), free(X), atol=1e-13, rtol=1e-13)
+    with pytest.raises(torch.jit.Error, match="does not update running statistics"):
+        torch.jit.script(norm.train())(X)
