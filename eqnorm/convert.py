@@ -15,11 +15,13 @@ per irrep, a variance reduced with ``max``), it is not carried and the :class:`R
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.utils.parametrize
 
 from .coefficients import center
 from .layout import FieldLayout
@@ -89,23 +91,81 @@ def convert_norms(
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if num_groups is not None and norm in ("layer", "instance"):
         raise ValueError(f"norm={norm!r} fixes the groups (one, or one per field); leave num_groups as None")
+    _refuse_wrapped(model)
     readers = _readers()
+    places: dict[int, list[str]] = {}  # a layer used at several places is one object: one replacement for all
+    layers: dict[int, torch.nn.Module] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if torch.nn.utils.parametrize.is_parametrized(module) and isinstance(module, tuple(readers)):
+            raise ValueError(
+                f"layer {name or '<model>'!r} ({type(module).__name__}) is parametrized with "
+                "torch.nn.utils.parametrize; remove its parametrizations (parametrize.remove_parametrizations) first"
+            )
+        if type(module) in readers:
+            places.setdefault(id(module), []).append(name)
+            layers[id(module)] = module
+    # every new layer is built before the model is touched: an error leaves it as it was, and names the layer
     replacements: list[Replacement] = []
-    targets = [(name, module) for name, module in model.named_modules() if type(module) in readers]
-    for name, old in targets:
-        source = readers[type(old)](old)
-        new = _build(old, source, norm, num_groups, options)
+    for key, old in layers.items():
+        name = places[key][0]
+        try:
+            source = readers[type(old)](old)
+            new = _build(old, source, norm, num_groups, options)
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"layer {name or '<model>'!r} ({type(old).__name__}): {error}") from error
         carried = _carry(source, new)
-        if old.training is False:
-            new.eval()
+        _carry_module_state(old, new, source)
         _to_like(new, old)
+        if len(places[key]) > 1:
+            source.notes.append(f"the same layer at {', '.join(places[key])}: one replacement serves every place")
         replacements.append(Replacement(name, type(old).__name__, new, carried, source.notes))
-        if name == "":
-            model = new
-        else:
-            parent_name, _, attribute = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), attribute, new)
+    for key, r in zip(layers, replacements, strict=True):
+        for name in places[key]:
+            if name == "":
+                model = r.new
+            else:
+                parent_name, _, attribute = name.rpartition(".")
+                setattr(model.get_submodule(parent_name), attribute, r.new)
+    _warn_about_torch_batch_norms(model)
     return model, replacements
+
+
+def _refuse_wrapped(model: torch.nn.Module) -> None:
+    """``ValueError`` for a model inside DistributedDataParallel or FSDP, which hold its parameters already."""
+    wrappers = ("DistributedDataParallel", "FullyShardedDataParallel", "FSDPModule")
+    for name, module in model.named_modules():
+        if any(cls.__name__ in wrappers for cls in type(module).__mro__):
+            raise ValueError(
+                f"{name or 'the model'} is wrapped in {type(module).__name__}, which has registered the parameters "
+                "convert_norms would replace (its gradients would no longer be reduced): convert the plain model "
+                "first, then wrap it"
+            )
+
+
+def _carry_module_state(old: torch.nn.Module, new: torch.nn.Module, source: _Source) -> None:
+    """The old layer's training mode, forward hooks and frozen parameters carry over to the new one."""
+    new.train(old.training)
+    for attribute in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+                      "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):  # fmt: skip
+        getattr(new, attribute).update(getattr(old, attribute))
+    if old._backward_hooks or old._backward_pre_hooks:
+        source.notes.append("backward hooks not carried: they were registered on the old layer's autograd graph")
+    if any(not p.requires_grad for p in old.parameters()):
+        for p in new.parameters():
+            p.requires_grad_(False)
+        source.notes.append("parameters frozen, as the old layer's were (requires_grad=False)")
+
+
+def _warn_about_torch_batch_norms(model: torch.nn.Module) -> None:
+    """Plain torch batch norms left in the model still fail at batch size 1 in training: say where they are."""
+    left = [name for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if left:
+        warnings.warn(
+            f"convert_norms leaves plain torch batch norms at {', '.join(left)}: they are not equivariant layers "
+            "(on invariant features, torch.nn.GroupNorm or LayerNorm are their batch-independent counterparts), "
+            "and they still need more than one value per channel in training",
+            stacklevel=3,
+        )
 
 
 def _to_like(new: torch.nn.Module, old: torch.nn.Module) -> None:

@@ -306,3 +306,68 @@ def test_which_escnn_batch_norms_differentiate_through_their_statistics(make, th
         assert grad.abs().max() < 1e-4
     else:
         assert grad.min() > 0.1
+
+
+def _two_blocks(norm: torch.nn.Module, other: torch.nn.Module | None = None) -> nn.SequentialModule:
+    ft = norm.in_type
+    return nn.SequentialModule(nn.R2Conv(ft, ft, 3, padding=1), norm, nn.R2Conv(ft, ft, 3, padding=1), other or norm)
+
+
+def test_a_layer_used_at_two_places_gets_one_replacement():
+    shared = nn.InnerBatchNorm(mixed_type())
+    model, replacements = convert_norms(_two_blocks(shared), "group", 1)
+    assert len(replacements) == 1 and model[1] is model[3] and isinstance(model[1], FieldGroupNorm)
+    assert any("one replacement serves every place" in n for n in replacements[0].notes)
+
+
+def test_a_failing_layer_leaves_the_model_untouched_and_is_named():
+    ft = mixed_type()
+    bigger = nn.FieldType(ft.gspace, list(ft.representations) + list(ft.representations)[:3])  # 9 fields
+    model = nn.SequentialModule(nn.InnerBatchNorm(ft), nn.R2Conv(ft, bigger, 3), nn.InnerBatchNorm(bigger))
+    before = [type(m) for m in model]
+    with pytest.raises(ValueError, match=r"layer '2' \(InnerBatchNorm\): num_groups=6 does not divide the 9"):
+        convert_norms(model, "group", 6)  # the first layer's 6 fields it divides
+    assert [type(m) for m in model] == before
+
+
+def test_a_model_inside_distributed_data_parallel_is_refused():
+    class Wrapped(torch.nn.Module):  # stands for DistributedDataParallel, which needs a process group to build
+        pass
+
+    Wrapped.__name__ = "DistributedDataParallel"
+    wrapper = Wrapped()
+    wrapper.module = nn.SequentialModule(nn.InnerBatchNorm(mixed_type()))
+    with pytest.raises(ValueError, match="convert the plain model first, then wrap it"):
+        convert_norms(wrapper)
+
+
+def test_a_parametrized_layer_is_refused_by_name():
+    class Scale(torch.nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    norm = BatchNorm(o3.Irreps("2x0e+1x1o"))
+    torch.nn.utils.parametrize.register_parametrization(norm, "weight", Scale())
+    model = torch.nn.Sequential(norm)
+    with pytest.raises(ValueError, match=r"layer '0' \(ParametrizedBatchNorm\) is parametrized"):
+        convert_norms(model)
+
+
+def test_hooks_training_mode_and_frozen_parameters_carry_over():
+    old = nn.InnerBatchNorm(mixed_type()).eval()
+    seen = []
+    old.register_forward_hook(lambda module, inputs, output: seen.append(type(module).__name__))
+    for p in old.parameters():
+        p.requires_grad_(False)
+    new, (replacement,) = convert_norms(old)
+    x = nn.GeometricTensor(torch.randn(2, old.in_type.size, 4, 4), old.in_type)
+    new(x)
+    assert seen == ["FieldGroupNorm"] and not new.training
+    assert not any(p.requires_grad for p in new.parameters())
+    assert any("frozen" in n for n in replacement.notes)
+
+
+def test_plain_torch_batch_norms_left_in_the_model_are_reported():
+    model = torch.nn.Sequential(nn.InnerBatchNorm(mixed_type()), torch.nn.BatchNorm1d(4))
+    with pytest.warns(UserWarning, match="leaves plain torch batch norms at 1"):
+        convert_norms(model)
