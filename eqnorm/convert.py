@@ -62,10 +62,17 @@ class _Source:
     field_var: torch.Tensor | None = None
     notes: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    var_note: str | None = None  # said only where the running variance is carried
+    var_changed: list[int] = field(default_factory=list)  # fields whose running variances differ per irrep
 
 
 def convert_norms(
-    model: torch.nn.Module, norm: str = "group", num_groups: int | None = None, **options: Any
+    model: torch.nn.Module,
+    norm: str = "group",
+    num_groups: int | None = None,
+    *,
+    approximate_running_var: bool = False,
+    **options: Any,
 ) -> tuple[torch.nn.Module, list[Replacement]]:
     r"""Replace, in place, every escnn ``InnerBatchNorm``, ``IIDBatchNorm1d/2d/3d``, ``NormBatchNorm``,
     ``GNormBatchNorm``, ``InducedNormBatchNorm`` and e3nn ``BatchNorm`` in ``model`` by the eqnorm layer over the same
@@ -84,6 +91,12 @@ def convert_norms(
     dtype of the old layer are kept. Works at any depth (``SequentialModule``, ``ModuleDict``, nested blocks) and on
     ``model`` itself. Returns ``(model, replacements)``; ``model`` is a new object only when ``model`` itself was a
     batch norm.
+
+    A ``GNormBatchNorm`` keeps one running variance per irrep, eqnorm's batch norm one per field: where a field's
+    differ, converting it with ``norm="batch"`` would change the eval function, and is refused unless
+    ``approximate_running_var=True`` (their dimension-weighted mean is carried). A model already wrapped in
+    ``DistributedDataParallel`` or FSDP is refused (convert first, then wrap). Every new layer is built before the
+    model is touched: on an error the model is as it was, and the message names the layer.
 
     Load an old checkpoint into the original model first, then convert: the parameters and statistics come with it.
     """
@@ -110,6 +123,12 @@ def convert_norms(
         name = places[key][0]
         try:
             source = readers[type(old)](old)
+            if norm == "batch" and source.var_changed and not approximate_running_var:
+                raise ValueError(
+                    f"fields {source.var_changed} hold a different running variance per irrep, eqnorm's batch norm "
+                    "one per field: the eval function would change; pass approximate_running_var=True to carry "
+                    "their dimension-weighted mean, or convert to a per-sample norm"
+                )
             new = _build(old, source, norm, num_groups, options)
         except (ValueError, TypeError) as error:
             raise type(error)(f"layer {name or '<model>'!r} ({type(old).__name__}): {error}") from error
@@ -239,6 +258,8 @@ def _carry(source: _Source, new: Any) -> list[str]:
             if layout.groups == list(range(layout.num_fields)):
                 inner.running_var.copy_(source.field_var.to(inner.running_var))
                 carried.append("running_var")
+                if source.var_note:
+                    source.notes.append(source.var_note)
             else:
                 source.notes.append("running_var not carried: the new groups are not one field each")
     return carried
@@ -346,7 +367,10 @@ def _read_gnorm(m: Any) -> _Source:
         q = torch.eye(rep.size) if basis is None else basis
         trivial = m._trivial_idxs[rep.name]
         sizes = torch.tensor([m.in_type.fibergroup.irrep(*irr).size for irr in rep.irreps], dtype=torch.float)
-        var[i] = (getattr(m, f"{name}_running_var")[k] * sizes).sum() / rep.size
+        irrep_var = getattr(m, f"{name}_running_var")[k]
+        var[i] = (irrep_var * sizes).sum() / rep.size
+        if not torch.allclose(irrep_var, irrep_var[0].expand_as(irrep_var)):
+            source.var_changed.append(i)
         mean[channels] = q[:, trivial] @ getattr(m, f"{name}_running_mean")[k]
         if m.affine:
             w = getattr(m, f"{name}_weight")[k]
@@ -358,7 +382,7 @@ def _read_gnorm(m: Any) -> _Source:
     if mixed:
         source.field_weight = None
         source.notes.append(f"weight not carried: fields {mixed} have a different weight per irrep")
-    source.notes.append("GNormBatchNorm's running variance per irrep carried as their dimension-weighted mean")
+    source.var_note = "GNormBatchNorm's running variance per irrep carried as their dimension-weighted mean"
     return source
 
 
@@ -425,5 +449,5 @@ def _read_e3nn(m: Any) -> _Source:
     source.channel_bias = bias if m.affine and m.include_bias else None
     if not m.instance:
         source.channel_mean, source.field_var = mean, var
-        source.notes.append("e3nn's running variance is biased, eqnorm's unbiased: they differ by a factor n/(n-1)")
+        source.var_note = "e3nn's running variance is biased, eqnorm's unbiased: they differ by a factor n/(n-1)"
     return source

@@ -119,10 +119,21 @@ def test_inner_batch_norm_in_training_gives_the_same_output_and_input_gradient()
 def test_gnorm_weights_that_differ_within_a_field_are_reported_not_carried():
     old = nn.GNormBatchNorm(irreps_type())
     randomize(old)
-    new, done = convert_norms(old, "batch")
+    new, done = convert_norms(old, "batch", approximate_running_var=True)
     assert "weight" not in done[0].carried
     assert any("weight not carried" in note for note in done[0].notes)
+    assert any("dimension-weighted mean" in note for note in done[0].notes)
     assert torch.equal(new.weight, torch.ones_like(new.weight))
+
+
+def test_gnorm_running_variances_per_irrep_are_not_averaged_silently():
+    """One running variance per irrep cannot become one per field without changing the eval function."""
+    old = nn.GNormBatchNorm(irreps_type())
+    randomize(old)
+    with pytest.raises(ValueError, match=r"different running variance per irrep.*approximate_running_var=True"):
+        convert_norms(old, "batch")
+    _, done = convert_norms(old, "group")  # nothing running is carried, and no note says it is
+    assert not any("running variance" in note for note in done[0].notes)
 
 
 @pytest.mark.parametrize("normalization", ["component", "norm"])
