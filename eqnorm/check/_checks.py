@@ -13,6 +13,7 @@ What is exact and what is not (DESIGN section 4):
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,25 @@ def _errors(got: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
 def _measure(label: str, got: torch.Tensor, expected: torch.Tensor, tolerance: Tolerance | None) -> Measurement:
     err, rel = _errors(got, expected)
     return Measurement(label, err, rel, None if tolerance is None else tolerance.accepts(err, rel))
+
+
+def _fresh(module: Any, mode: str, dtype: torch.dtype) -> Any:
+    """A copy of ``module`` in ``mode`` and ``dtype`` for one mode's checks: the checked model itself is never
+    changed (running statistics, flags, dtype), and the eval checks see the statistics the model has, not those
+    the train checks would have left."""
+    copy_ = copy.deepcopy(module).to(dtype)
+    return copy_.train(mode == "train")
+
+
+def _output_check(y: torch.Tensor, mode: str, tolerance: Tolerance) -> CheckResult:
+    """An output that is non-finite, or constant (zero included: its spread within the absolute tolerance) over the
+    check's random input, is degenerate: every equivariance error of it would be zero, and say nothing."""
+    finite = bool(torch.isfinite(y).all()) if y.numel() else True
+    spread = (y.max() - y.min()).item() if y.numel() and finite else 0.0
+    passed = finite and (spread > tolerance.atol or not y.numel())
+    note = "" if passed else ("non-finite" if not finite else "constant") + " output: the model is degenerate here"
+    measured = [Measurement("output spread", spread, 0.0, passed)]
+    return CheckResult("non-degenerate output", mode, measured, note, tolerance=tolerance)
 
 
 def _batch_check(
@@ -233,7 +253,7 @@ def check_escnn(
     in_type, out_type = module.in_type, module.out_type
     gspace = in_type.gspace
     gen = torch.Generator().manual_seed(seed)
-    module.to(dtype)
+    original = module
     x = escnn_input(in_type, dtype, gen) if x is None else x.to(dtype)
 
     def run(t: torch.Tensor) -> torch.Tensor:
@@ -247,11 +267,13 @@ def check_escnn(
     grid = [g for g in elements if gspace.dimensionality > 0 and is_grid_symmetry(gspace, g)]
     interpolated = [g for g in elements if gspace.dimensionality > 0 and not is_grid_symmetry(gspace, g)]
     results = []
+    rng = torch.get_rng_state()
     for mode in modes:
-        module.train(mode == "train")
+        module = _fresh(original, mode, dtype)
         with torch.no_grad():
             pointwise = not _mixes_positions(run, x, tolerance)
             y = GeometricTensor(run(x), out_type)
+            results.append(_output_check(y.tensor, mode, tolerance))
             gx = GeometricTensor(x, in_type)
             if pointwise or gspace.dimensionality == 0:
                 check = CheckResult("fiber equivariance", mode, tolerance=tolerance)
@@ -290,6 +312,7 @@ def check_escnn(
                     module, run, x, grid if not pointwise else elements, not pointwise, mode, tolerance, gen
                 )
             )
+    torch.set_rng_state(rng)  # dropout and other random layers draw from it
     return results
 
 
@@ -350,7 +373,7 @@ def check_e3nn(
 
     irreps_in, irreps_out = o3.Irreps(module.irreps_in), o3.Irreps(module.irreps_out)
     gen = torch.Generator().manual_seed(seed)
-    module.to(dtype)
+    original = module
     x = e3nn_input(irreps_in, dtype, gen) if x is None else x.to(dtype)
     extra = dict(inputs or {})
     graphs = _graph_of_node(extra, x.shape[0])
@@ -364,11 +387,13 @@ def check_e3nn(
         rotation = o3.quaternion_to_matrix(q / q.norm())
         rotations.append((f"rotation {k}" + (" with inversion" if k % 2 else ""), rotation * (-1 if k % 2 else 1)))
     results = []
+    rng = torch.get_rng_state()
     for mode in modes:
-        module.train(mode == "train")
+        module = _fresh(original, mode, dtype)
         check = CheckResult("rotation and parity equivariance", mode, tolerance=tolerance)
         with torch.no_grad():
             y = run(x)
+            results.append(_output_check(y, mode, tolerance))
             for label, matrix in rotations:
                 d_in = irreps_in.D_from_matrix(matrix).to(dtype)
                 d_out = irreps_out.D_from_matrix(matrix).to(dtype)
@@ -394,6 +419,7 @@ def check_e3nn(
                     _measure(label, input_grad(x @ d_in.T, v @ d_out.T), base @ d_in.T, tolerance)
                 )
             results.append(gcheck)
+    torch.set_rng_state(rng)
     return results
 
 

@@ -14,6 +14,7 @@ included). With --json, exactly one JSON document is printed in every case.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib
 import importlib.util
@@ -228,8 +229,9 @@ def run_checks(args: argparse.Namespace) -> Report:
     else:
         results = check_e3nn(module, grad=args.grad, x=x, inputs=extra, **common)
     layers: list[LayerReport] = []
-    if not args.no_layers:
-        layers = check_layers(module, lambda: _run_once(module, x, extra, escnn, dtype, args.seed), **common)
+    if not args.no_layers:  # on a copy in the checked dtype: the model given is never changed
+        work = copy.deepcopy(module).to(dtype)
+        layers = check_layers(work, lambda: _run_once(work, x, extra, escnn, dtype, args.seed), **common)
     return Report(header, results, layers)
 
 
