@@ -1,7 +1,6 @@
 """The equivariance checks as a library (eqnorm/check/_checks.py): they never change the model they check, and a
 degenerate model (constant, zero or non-finite output) fails in every mode instead of passing with zero errors."""
 
-
 import torch
 from e3nn import o3
 from e3nn.nn import BatchNorm
