@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -40,8 +41,35 @@ def sample_elements(gspace: GSpace, samples: int | None = None) -> list[GroupEle
 
 
 def grid_elements(gspace: GSpace) -> list[GroupElement]:
-    """The testing elements whose base-space action is exact on a grid (see :func:`is_grid_symmetry`)."""
-    return [g for g in gspace.fibergroup.testing_elements() if is_grid_symmetry(gspace, g)]
+    """Every element whose base-space action is exact on a grid (see :func:`is_grid_symmetry`): of a finite group,
+    its elements that turn or flip the grid; of a continuous one, the rotations by multiples of 90 degrees (2D) or
+    the 24 rotations of the cube (3D), with the axis reflections of O(2) and the inversion of O(3)."""
+    group = gspace.fibergroup
+    if not group.continuous or gspace.dimensionality == 0:
+        return [g for g in group.testing_elements() if is_grid_symmetry(gspace, g)]
+    if gspace.dimensionality == 2:
+        turns = [k * np.pi / 2 for k in range(4)]
+        flips = (0, 1) if group.name == "O(2)" else None
+        return (
+            [group.element(t, "radians") for t in turns]
+            if flips is None
+            else [group.element((f, t), "radians") for f in flips for t in turns]
+        )
+    cube = [m for m in _signed_permutations(gspace.dimensionality) if np.linalg.det(m) > 0]
+    if group.name == "O(3)":
+        return [group.element((inversion, m), "MAT") for inversion in (0, 1) for m in cube]
+    return [group.element(m, "MAT") for m in cube]
+
+
+def _signed_permutations(n: int) -> list[np.ndarray]:
+    """The n x n signed permutation matrices."""
+    out = []
+    for perm in itertools.permutations(range(n)):
+        for signs in itertools.product((1.0, -1.0), repeat=n):
+            m = np.zeros((n, n))
+            m[np.arange(n), perm] = signs
+            out.append(m)
+    return out
 
 
 def random_input(

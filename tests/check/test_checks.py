@@ -60,3 +60,33 @@ def test_a_dead_model_is_degenerate_in_every_mode():
     assert all(r.status == "failed" and "constant output" in r.note for r in degenerate)
     alive = FieldBatchNorm(FT)
     assert all(r.passed for r in check_escnn(alive, ["train", "eval"], torch.float64, F64, samples=4))
+
+
+def test_continuous_groups_get_their_exact_grid_symmetries():
+    """SO(2) and O(2) models: the turns by 90 degrees (and O(2)'s axis flips) are checked exactly, every one of them,
+    however few elements are sampled for the interpolated rotations."""
+    for gs, count in ((gspaces.rot2dOnR2(-1, maximum_frequency=2), 4), (gspaces.flipRot2dOnR2(-1, 2), 8)):
+        ft = nn.FieldType(gs, [gs.irrep(*gs.fibergroup.bl_irreps(1)[-1]), gs.trivial_repr] * 2)
+        model = nn.SequentialModule(nn.R2Conv(ft, ft, 3, padding=1), FieldBatchNorm(ft).eval())
+        results = check_escnn(model, ["eval"], torch.float64, F64, samples=3)
+        (grid,) = [r for r in results if r.name == "grid symmetries (exact)"]
+        assert len(grid.measurements) == count and grid.status == "passed"
+        broken = nn.SequentialModule(model, _Shift(ft))
+        (grid,) = [r for r in check_escnn(broken, ["eval"], torch.float64, F64, samples=3) if "grid" in r.name]
+        assert grid.status == "failed"
+
+
+class _Shift(nn.EquivariantModule):
+    """Adds a constant to the first channel of every field type: breaks equivariance where that channel rotates."""
+
+    def __init__(self, ft: nn.FieldType) -> None:
+        super().__init__()
+        self.in_type = self.out_type = ft
+
+    def forward(self, x: nn.GeometricTensor) -> nn.GeometricTensor:
+        t = x.tensor.clone()
+        t[:, 0] += 1.0
+        return nn.GeometricTensor(t, self.out_type)
+
+    def evaluate_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
