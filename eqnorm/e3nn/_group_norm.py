@@ -144,67 +144,60 @@ class IrrepsGroupNorm(IrrepsModule):
     ) -> torch.Tensor:
         """``x`` as ``over`` says; per graph, ``batch`` (with ``num_graphs`` for compiled code) or ``ptr``."""
         if torch.jit.is_scripting():
-            return self.scripted_forward(x, batch, ptr, num_graphs)
-        return self.eager_forward(x, batch, ptr, num_graphs)
+            ptr = self.scripted_offsets(x, batch, ptr, num_graphs)
+        else:
+            ptr = self.checked_offsets(x, batch, ptr, num_graphs)
+        if self.over == "node":
+            return self.norm(x.reshape(-1, self.dim)).reshape(x.shape)
+        if self.over == "points":
+            return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return self.norm(x, ptr)
 
-    def scripted_forward(
-        self,
-        x: torch.Tensor,
-        batch: torch.Tensor | None = None,
-        ptr: torch.Tensor | None = None,
-        num_graphs: int | None = None,
-    ) -> torch.Tensor:
-        """``forward`` as TorchScript runs it (MACE's LAMMPS export, ``e3nn.util.jit``): the checks the op cannot
-        make, then the op."""
+    @torch.jit.unused
+    def checked_offsets(
+        self, x: torch.Tensor, batch: torch.Tensor | None, ptr: torch.Tensor | None, num_graphs: int | None
+    ) -> torch.Tensor | None:
+        """The arguments checked in Python, with messages that show them; the graphs' offsets per graph."""
+        dim = self.dim
+        check_features(x, dim)
+        if self.over != "graph" and (batch is not None or ptr is not None or num_graphs is not None):
+            raise ValueError(f"batch and ptr are for over='graph'; this layer normalizes over={self.over!r}")
+        if self.over == "points" and x.dim() != 3:
+            raise ValueError(f"over='points' expects (batch, points, {dim}), got {tuple(x.shape)}")
+        if self.over != "graph":
+            return None
+        if x.dim() != 2:
+            raise ValueError(f"over='graph' expects (num_nodes, {dim}), got {tuple(x.shape)}")
+        return segment_offsets(x.shape[0], batch, ptr, x.device, num_graphs)
+
+    def scripted_offsets(
+        self, x: torch.Tensor, batch: torch.Tensor | None, ptr: torch.Tensor | None, num_graphs: int | None
+    ) -> torch.Tensor | None:
+        """The same in TorchScript (MACE's LAMMPS export, ``e3nn.util.jit``): the checks the op cannot make, and
+        the offsets from ``eqnorm::segment_offsets``, which checks the graph index itself."""
         dim = self.dim
         if x.dim() == 0 or x.shape[-1] != dim:
             raise ValueError("eqnorm: expected features (..., " + str(dim) + ") for these irreps")
         if self.over != "graph":
             if batch is not None or ptr is not None or num_graphs is not None:
                 raise ValueError("eqnorm: batch and ptr are for over='graph'; this layer normalizes over=" + self.over)
-            if self.over == "node":
-                return self.norm(x.reshape(-1, dim)).reshape(x.shape)
-            if x.dim() != 3:
+            if self.over == "points" and x.dim() != 3:
                 raise ValueError("eqnorm: over='points' expects (batch, points, " + str(dim) + ")")
-            return self.norm(x.transpose(1, 2)).transpose(1, 2)
+            return None
         if x.dim() != 2:
             raise ValueError("eqnorm: over='graph' expects (num_nodes, " + str(dim) + ")")
         if batch is not None and ptr is not None:
             raise ValueError("eqnorm: give batch or ptr, not both")
-        if ptr is None:
-            if batch is None:
-                ptr = torch.tensor([0, x.shape[0]], device=x.device)
-            elif num_graphs is None:
-                counts = torch.unique_consecutive(batch, return_counts=True)[1]
-                ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-                if not bool((batch.diff() >= 0).all()):
-                    raise ValueError("eqnorm: batch must be sorted (nodes grouped by graph); sort the nodes first")
-            else:
-                ptr = torch.ops.eqnorm.segment_offsets(batch, num_graphs)
-        return self.norm(x, ptr)
-
-    @torch.jit.unused
-    def eager_forward(
-        self,
-        x: torch.Tensor,
-        batch: torch.Tensor | None = None,
-        ptr: torch.Tensor | None = None,
-        num_graphs: int | None = None,
-    ) -> torch.Tensor:
-        """``forward`` in Python, every argument checked with a message that shows it."""
-        dim = self.dim
-        check_features(x, dim)
-        if self.over != "graph" and (batch is not None or ptr is not None or num_graphs is not None):
-            raise ValueError(f"batch and ptr are for over='graph'; this layer normalizes over={self.over!r}")
-        if self.over == "node":
-            return self.norm(x.reshape(-1, dim)).reshape(x.shape)
-        if self.over == "points":
-            if x.dim() != 3:
-                raise ValueError(f"over='points' expects (batch, points, {dim}), got {tuple(x.shape)}")
-            return self.norm(x.transpose(1, 2)).transpose(1, 2)
-        if x.dim() != 2:
-            raise ValueError(f"over='graph' expects (num_nodes, {dim}), got {tuple(x.shape)}")
-        return self.norm(x, ptr=segment_offsets(x.shape[0], batch, ptr, x.device, num_graphs))
+        if ptr is not None:
+            return ptr
+        if batch is None:
+            return torch.tensor([0, x.shape[0]], device=x.device)
+        if num_graphs is not None:
+            return torch.ops.eqnorm.segment_offsets(batch, num_graphs)
+        if not bool((batch.diff() >= 0).all()):
+            raise ValueError("eqnorm: batch must be sorted (nodes grouped by graph); sort the nodes first")
+        counts = torch.unique_consecutive(batch, return_counts=True)[1]
+        return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.irreps_in}, over={self.over!r}, {self.norm.settings_repr()})"
