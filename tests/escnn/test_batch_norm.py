@@ -224,3 +224,55 @@ def test_statistics_stay_float32_under_autocast():
             got = norm(nn.GeometricTensor(x, ft)).tensor
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def _ddp_group_norm_worker(rank, world, port, x, state, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=__import__("datetime").timedelta(seconds=60)
+    )
+    try:
+        model = _group_norm_model()
+        model.load_state_dict(state)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        half = x.shape[0] // world
+        ft = model[0].in_type
+        y = ddp(nn.GeometricTensor(x[rank * half : (rank + 1) * half], ft)).tensor
+        (y.square().mean() * 0.5).backward()  # DDP averages the ranks' gradients: the mean over the whole batch
+        queue.put((rank, [p.grad.numpy().copy() for p in model.parameters()]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _group_norm_model() -> nn.SequentialModule:
+    from eqnorm import FieldGroupNorm
+
+    ft = regular()
+    return nn.SequentialModule(nn.R2Conv(ft, ft, 3, padding=1), FieldGroupNorm(ft, 3), nn.ReLU(ft)).double()
+
+
+def test_ddp_with_group_norm_equals_one_process_on_the_whole_batch():
+    """Group normalization keeps no batch statistics: two DDP processes on halves of a batch get the gradients of one
+    process on the whole batch."""
+    torch.manual_seed(0)
+    model = _group_norm_model()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.normal_()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, model[0].in_type.size, 6, 6, dtype=torch.float64) * 2 + 1
+    y = model(nn.GeometricTensor(x, model[0].in_type)).tensor
+    (y.square().mean() * 0.5).backward()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_group_norm_worker, args=(r, 2, port, x, state, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for r in (0, 1):
+        for grad, p in zip(results[r], model.parameters(), strict=True):
+            torch.testing.assert_close(torch.from_numpy(grad), p.grad, atol=1e-10, rtol=1e-10)
