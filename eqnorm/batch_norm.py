@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._ops import accumulation_dtype
 from .batch_statistics import running_statistics, sync_pool
-from .coefficients import channel_bias
+from .coefficients import gather, scatter_sum
 from .functional import check_input, field_norm
 from .layout import FieldLayout
 from .module import LayoutModule, NormAttributes
@@ -98,15 +97,20 @@ class BatchFieldNorm(LayoutModule):
             raise RuntimeError(
                 "eqnorm: a scripted batch norm does not update running statistics; script it in eval mode"
             )
+        return self.normalize_with_running_statistics(x, running_cen, running_var)
+
+    def normalize_with_running_statistics(
+        self, x: torch.Tensor, running_cen: torch.Tensor, running_var: torch.Tensor
+    ) -> torch.Tensor:
+        r"""Eval mode: :math:`y = a x + \beta` per channel, :math:`a = w / \sqrt{\bar\sigma^2 + \epsilon}`,
+        :math:`\beta = b - a\,\bar{\mathrm{cen}}`, in the accumulation dtype (Python and TorchScript alike)."""
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         weight = (self.unit_weight if self.weight is None else self.weight).to(acc)
         bias = (self.zero_bias if self.bias is None else self.bias).to(acc)
-        a = (
-            weight[self.layout_field_of_channel]
-            * torch.rsqrt(running_var.to(acc) + self.eps)[self.layout_group_of_channel]
-        )
-        b = torch.zeros_like(a).index_add(
-            0, self.layout_bias_channel, bias[self.layout_bias_index] * self.layout_bias_value.to(acc)
+        rstd = torch.rsqrt(running_var.to(acc) + self.eps)
+        a = gather(weight, self.layout_field_of_channel) * gather(rstd, self.layout_group_of_channel)
+        b = scatter_sum(
+            gather(bias, self.layout_bias_index) * self.layout_bias_value.to(acc), self.layout_bias_channel, a.shape[0]
         )
         shape = [1, -1] + [1] * (x.dim() - 2)
         return (x.to(acc) * a.view(shape) + (b - a * running_cen.to(acc)).view(shape)).to(x.dtype)
@@ -116,10 +120,10 @@ class BatchFieldNorm(LayoutModule):
         """``forward`` in Python: checks, batch statistics (synchronised across processes when ``sync``) and their
         running averages in training, the running statistics in eval."""
         check_input(x, self.layout)
+        if not self.training and self.running_cen is not None and self.running_var is not None:
+            return self.normalize_with_running_statistics(x, self.running_cen, self.running_var)
         weight, bias = self.parameters_or_constants()
         t = self.layout_tensors
-        if not self.training and self.track_running_stats:
-            return self._normalize_with_running_statistics(x, weight, bias)
         values = x.numel() // x.shape[1]
         if 0 < values <= 1 and not self.sync:  # synchronised, the count over every process decides (sync_pool)
             raise ValueError(
@@ -136,18 +140,6 @@ class BatchFieldNorm(LayoutModule):
         if self.training and self.track_running_stats and (x.numel() > 0 or self.sync):
             self._update_running_statistics(mean, m2, values // max(x.shape[0], 1))
         return y
-
-    @torch.jit.unused
-    def _normalize_with_running_statistics(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-    ) -> torch.Tensor:
-        t = self.layout_tensors
-        acc = accumulation_dtype(x.dtype)
-        assert self.running_cen is not None and self.running_var is not None
-        a = weight.to(acc)[t.field_of_channel] * torch.rsqrt(self.running_var.to(acc) + self.eps)[t.group_of_channel]
-        beta = channel_bias(bias.to(acc), t, self.layout.num_channels) - a * self.running_cen.to(acc)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x.to(acc) * a.view(shape) + beta.view(shape)).to(x.dtype)
 
     @torch.jit.unused
     @torch.no_grad()

@@ -24,12 +24,13 @@ from .layout import LayoutTensors
 __all__ = ["affine_coefficients", "center", "channel_bias", "group_variance"]
 
 
-def scatter_sum(src: torch.Tensor, index: torch.Tensor, size: int | torch.SymInt, dim: int = -1) -> torch.Tensor:
+def scatter_sum(src: torch.Tensor, index: torch.Tensor, size: int, dim: int = -1) -> torch.Tensor:
     r"""The sums of ``src``'s slices along ``dim`` by ``index`` into ``size`` outputs:
     :math:`\mathrm{out}_i = \sum_{k: \mathrm{index}_k = i} \mathrm{src}_k`. The sum runs into one output more, left
     empty: Inductor's vectorized CPU code fails on a scatter into a dimension of size 1 (torch 2.13), which a layer
-    norm's one group, a single centering class or a batch of one graph would be."""
-    shape: list[int | torch.SymInt] = list(src.shape)
+    norm's one group, a single centering class or a batch of one graph would be. (Symbolic sizes pass for ``size``
+    under tracing; TorchScript compiles it too.)"""
+    shape = list(src.shape)
     shape[dim] = size + 1
     return src.new_zeros(shape).index_add(dim, index, src).narrow(dim, 0, size)
 
@@ -38,7 +39,7 @@ def gather(t: torch.Tensor, index: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """``t.index_select(dim, index)``, from ``t`` with one more slice (zero, never selected), so that the scatter of its
     backward, too, never targets a dimension of size 1 (see :func:`scatter_sum`)."""
     dim = dim % t.dim()
-    return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1 - dim) + (0, 1)).index_select(dim, index)
+    return torch.nn.functional.pad(t, [0, 0] * (t.dim() - 1 - dim) + [0, 1]).index_select(dim, index)
 
 
 def center(m: torch.Tensor, t: LayoutTensors) -> torch.Tensor:
