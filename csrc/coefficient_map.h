@@ -30,6 +30,12 @@ namespace eqnorm_map {
 EQNORM_HOST_DEVICE inline float root(float v) { return sqrtf(v); }
 EQNORM_HOST_DEVICE inline double root(double v) { return sqrt(v); }
 
+// 1 / sqrt(var + eps), NaN where the variance overflowed to infinity: an infinite variance would otherwise give a
+// coefficient of 0 and outputs equal to the bias, finite and wrong (float32 squares overflow from |x| ~ 1e19 on).
+template <typename A> EQNORM_HOST_DEVICE inline A inverse_root(A var, A eps) {
+  return var - var == A(0) ? A(1) / root(var + eps) : var - var;
+}
+
 // out_o = sum_{e in [ptr[o], ptr[o+1])} value[e] f(source[e]); sources ascend within an output, so an output whose
 // entries span exactly their count of sources is a run of consecutive sources, summed by one loop with no gather.
 template <typename V> struct Sparse {
@@ -138,7 +144,7 @@ EQNORM_HOST_DEVICE void statistics(const Map<V>& l, const Part& q, const Row<A>&
       const A d = m[c] - s.cen[c];
       return m2[c] + r.P * d * d;
     });
-    s.rstd[g] = A(1) / root(total / r.P + r.eps);
+    s.rstd[g] = inverse_root(total / r.P, r.eps);
   });
 }
 

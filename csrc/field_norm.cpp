@@ -43,7 +43,7 @@ Spread spread(const Pooled& s, const LayoutArgs& l, double eps) {
   const at::Tensor cen = center(s.mean, l), dev = s.mean - cen, positions = s.positions_tensor();
   const at::Tensor var = scatter_sum(s.m2 + positions * dev.square(), l.group_of_channel, l.group_size.sym_size(0)) /
                          (positions * l.group_size.to(s.mean.scalar_type()));
-  const at::Tensor rstd = (var + eps).rsqrt();
+  const at::Tensor rstd = (var + eps).rsqrt().masked_fill(var.isinf(), NAN);  // overflow: NaN, not 0
   return {cen, dev, rstd, gather(rstd, l.group_of_channel)};
 }
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .batch_statistics import running_statistics, sync_pool
-from .coefficients import gather, scatter_sum
+from .coefficients import gather, inverse_root, scatter_sum
 from .functional import check_input, field_norm
 from .layout import FieldLayout
 from .module import LayoutModule, NormAttributes
@@ -107,7 +107,7 @@ class BatchFieldNorm(LayoutModule):
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         weight = (self.unit_weight if self.weight is None else self.weight).to(acc)
         bias = (self.zero_bias if self.bias is None else self.bias).to(acc)
-        rstd = torch.rsqrt(running_var.to(acc) + self.eps)
+        rstd = inverse_root(running_var.to(acc), self.eps)
         a = gather(weight, self.layout_field_of_channel) * gather(rstd, self.layout_group_of_channel)
         b = scatter_sum(
             gather(bias, self.layout_bias_index) * self.layout_bias_value.to(acc), self.layout_bias_channel, a.shape[0]

@@ -61,6 +61,13 @@ def group_variance(
     return total / (positions * t.group_size.to(mean.dtype))
 
 
+def inverse_root(var: torch.Tensor, eps: float) -> torch.Tensor:
+    r""":math:`1/\sqrt{\sigma^2 + \epsilon}`, NaN where :math:`\sigma^2` overflowed to infinity (float32 squares do
+    from :math:`|x| \approx 10^{19}` on): the coefficient would otherwise be 0 and the output the bias, finite and
+    wrong."""
+    return torch.rsqrt(var + eps).masked_fill(var.isinf(), float("nan"))
+
+
 def channel_bias(bias: torch.Tensor, t: LayoutTensors, num_channels: int) -> torch.Tensor:
     r""":math:`b_c = \sum_{j: c_j = c} v_j\,\mathrm{bias}_{t_j}`: the bias on the trivial basis vectors, ``(C,)``."""
     contributions = gather(bias, t.bias_index) * t.bias_value.to(bias.dtype)
@@ -90,6 +97,6 @@ def affine_coefficients(
     """
     acc = mean.dtype
     cen = center(mean, t)
-    rstd = torch.rsqrt(group_variance(mean, m2, cen, positions, t) + eps)
+    rstd = inverse_root(group_variance(mean, m2, cen, positions, t), eps)
     a = gather(weight.to(acc), t.field_of_channel) * gather(rstd, t.group_of_channel)
     return a, channel_bias(bias.to(acc), t, mean.shape[1]) - a * cen

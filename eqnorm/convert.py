@@ -24,11 +24,12 @@ import torch
 import torch.nn.utils.parametrize
 
 from .coefficients import center
-from .layout import FieldLayout
+from .layout import FieldLayout, default_num_groups
 
 __all__ = ["NORMS", "Replacement", "convert_norms"]
 
 NORMS = ("group", "layer", "instance", "batch")
+TORCH_BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 
 
 @dataclass
@@ -72,6 +73,7 @@ def convert_norms(
     num_groups: int | None = None,
     *,
     approximate_running_var: bool = False,
+    torch_batch_norms: bool = False,
     **options: Any,
 ) -> tuple[torch.nn.Module, list[Replacement]]:
     r"""Replace, in place, every escnn ``InnerBatchNorm``, ``IIDBatchNorm1d/2d/3d``, ``NormBatchNorm``,
@@ -98,17 +100,29 @@ def convert_norms(
     ``DistributedDataParallel`` or FSDP is refused (convert first, then wrap). Every new layer is built before the
     model is touched: on an error the model is as it was, and the message names the layer.
 
+    Plain ``torch.nn.BatchNorm1d/2d/3d`` layers (an escnn model's head on invariant features) are left, with a
+    warning, unless ``torch_batch_norms=True``: each then becomes the ``torch.nn.GroupNorm`` over its channels as
+    scalars (``"group"``: ``num_groups`` as above, ``"layer"``: one group, ``"instance"``: one per channel), with its
+    per-channel weight and bias carried. That is right only for features that are invariant, as a torch batch norm's
+    channels must be for the model to be equivariant at all.
+
     Load an old checkpoint into the original model first, then convert: the parameters and statistics come with it.
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if num_groups is not None and norm in ("layer", "instance"):
         raise ValueError(f"norm={norm!r} fixes the groups (one, or one per field); leave num_groups as None")
+    if torch_batch_norms and norm == "batch":
+        raise ValueError("torch_batch_norms=True turns torch batch norms into group norms; it needs a per-sample norm")
     _refuse_wrapped(model)
-    readers = _readers()
+    readers: dict[type, Callable[[Any], _Source]] = _readers()
+    if torch_batch_norms:
+        readers.update(dict.fromkeys(TORCH_BATCH_NORMS, _read_torch))
     places: dict[int, list[str]] = {}  # a layer used at several places is one object: one replacement for all
     layers: dict[int, torch.nn.Module] = {}
     for name, module in model.named_modules(remove_duplicate=False):
+        if any(name.startswith(f"{outer}.") for names in places.values() for outer in names if outer):
+            continue  # inside a layer that is replaced whole (InnerBatchNorm holds a torch BatchNorm3d)
         if torch.nn.utils.parametrize.is_parametrized(module) and isinstance(module, tuple(readers)):
             raise ValueError(
                 f"layer {name or '<model>'!r} ({type(module).__name__}) is parametrized with "
@@ -199,6 +213,8 @@ def _tensors(module: torch.nn.Module) -> Iterator[torch.Tensor]:
 
 
 def _build(old: Any, source: _Source, norm: str, num_groups: int | None, options: dict[str, Any]) -> Any:
+    if isinstance(old, TORCH_BATCH_NORMS):
+        return _torch_group_norm(old, norm, num_groups)
     settings = {"eps": source.eps, "affine": source.affine, **source.options, **options}
     is_e3nn = hasattr(old, "irreps")
     if norm == "batch":
@@ -228,9 +244,31 @@ def _build(old: Any, source: _Source, norm: str, num_groups: int | None, options
     return FieldGroupNorm(old.in_type, num_groups, **settings)
 
 
+def _torch_group_norm(old: torch.nn.modules.batchnorm._BatchNorm, norm: str, num_groups: int | None) -> Any:
+    channels = old.num_features
+    groups = {"layer": 1, "instance": channels}.get(norm) or num_groups or default_num_groups([1] * channels)
+    if channels % groups:
+        raise ValueError(f"num_groups={groups} does not divide its {channels} channels")
+    return torch.nn.GroupNorm(groups, channels, eps=old.eps, affine=old.affine)
+
+
+def _read_torch(m: torch.nn.modules.batchnorm._BatchNorm) -> _Source:
+    source = _Source(m.affine, m.eps, None, False, m.weight, m.bias)  # per channel, as torch.nn.GroupNorm keeps them
+    if m.track_running_stats:
+        source.notes.append("running statistics not carried: group normalization keeps none")
+    return source
+
+
 @torch.no_grad()
 def _carry(source: _Source, new: Any) -> list[str]:
     """Copy what the source holds into ``new`` where it means the same; returns what was copied."""
+    if isinstance(new, torch.nn.GroupNorm):  # from a torch batch norm: the same per-channel weight and bias
+        carried = []
+        for name, value in (("weight", source.field_weight), ("bias", source.channel_bias)):
+            if getattr(new, name) is not None and value is not None:
+                getattr(new, name).copy_(value)
+                carried.append(name)
+        return carried
     inner = new.norm
     layout: FieldLayout = inner.layout
     t = inner.layout_tensors

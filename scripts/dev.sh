@@ -5,8 +5,8 @@
 #   scripts/dev.sh bench   the CPU benchmarks (escnn shapes, then the e3nn layers)
 #   scripts/dev.sh lint    ruff and mypy
 #   scripts/dev.sh cuda-check   compile every CUDA source with nvcc for sm_80 and sm_90 (no GPU needed)
-#   scripts/dev.sh clients      the tests inside real client packages (mace-torch, which pins e3nn 0.4.4), in
-#                               .venv-clients beside .venv, with the kernels .venv built
+#   scripts/dev.sh clients      the tests inside real client packages: mace-torch (which pins e3nn 0.4.4) in
+#                               .venv-clients, nequip in .venv-nequip, both beside .venv, with the kernels .venv built
 #   scripts/dev.sh docs    build the documentation site into docs/_build/html (warnings are errors)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,15 +59,22 @@ case "$job" in
   lint) "$venv/bin/ruff" check . && "$venv/bin/ruff" format --check . && "$venv/bin/mypy" ;;
   docs) exec "$venv/bin/sphinx-build" -W --keep-going -q -b html docs docs/_build/html "$@" ;;
   clients)
-    clients="$root/.venv-clients"
-    [ -x "$clients/bin/python" ] || "$(command -v python3.11 || command -v python3)" -m venv "$clients"
-    echo "eqnorm clients: installing mace-torch into .venv-clients (log: .venv-clients/setup.log)" >&2
-    "$clients/bin/python" -m pip install --disable-pip-version-check "$torch_pin" "numpy<2" "mace-torch==0.3.16" ase \
-      pytest hypothesis >"$clients/setup.log" 2>&1 || { tail -n 40 "$clients/setup.log" >&2; exit 1; }
-    # eqnorm from this checkout, its kernels as .venv built them (the same torch); e3nn 0.4 loads its constants with
-    # torch.load, which torch >= 2.6 refuses without this (mace-torch sets it too)
-    PYTHONPATH="$root" TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 exec "$clients/bin/python" -m pytest -q -p no:cacheprovider \
-      tests/clients tests/e3nn tests/test_transforms.py "$@" ;;
+    # mace-torch pins e3nn 0.4.4 and nequip needs e3nn >= 0.6: one environment each, beside .venv, both with the
+    # torch .venv has, so that they load the kernels .venv built (eqnorm comes from this checkout)
+    make_client_env() {
+      local env="$1"
+      shift
+      [ -x "$env/bin/python" ] || "$(command -v python3.11 || command -v python3)" -m venv "$env"
+      echo "eqnorm clients: installing $* into $env (log: $env/setup.log)" >&2
+      "$env/bin/python" -m pip install --disable-pip-version-check "$torch_pin" "numpy<2" "$@" ase pytest hypothesis \
+        >"$env/setup.log" 2>&1 || { tail -n 40 "$env/setup.log" >&2; exit 1; }
+    }
+    make_client_env "$root/.venv-clients" "mace-torch==0.3.16"
+    make_client_env "$root/.venv-nequip" "nequip==0.19.1"
+    # e3nn 0.4 loads its constants with torch.load, which torch >= 2.6 refuses without this (mace-torch sets it too)
+    PYTHONPATH="$root" TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 "$root/.venv-clients/bin/python" -m pytest -q \
+      -p no:cacheprovider tests/clients/test_mace.py tests/e3nn tests/test_transforms.py "$@"
+    PYTHONPATH="$root" exec "$root/.venv-nequip/bin/python" -m pytest -q -p no:cacheprovider tests/clients/test_nequip.py "$@" ;;
   cuda-check)
     tmp=$(mktemp -d)
     for source in csrc/cuda/*.cu; do

@@ -382,3 +382,56 @@ def test_plain_torch_batch_norms_left_in_the_model_are_reported():
     model = torch.nn.Sequential(nn.InnerBatchNorm(mixed_type()), torch.nn.BatchNorm1d(4))
     with pytest.warns(UserWarning, match="leaves plain torch batch norms at 1"):
         convert_norms(model)
+
+
+class InvariantHead(torch.nn.Module):
+    """An escnn trunk ending in invariant fields, then a torch head with a BatchNorm1d, as escnn's example CNNs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = gspaces.rot2dOnR2(4)
+        regular = nn.FieldType(g, 4 * [g.regular_repr])
+        self.input_type = nn.FieldType(g, [g.trivial_repr])
+        self.trunk = nn.SequentialModule(
+            nn.R2Conv(self.input_type, regular, 3),
+            nn.InnerBatchNorm(regular),
+            nn.ReLU(regular),
+            nn.GroupPooling(regular),
+        )
+        self.head = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ELU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.trunk(nn.GeometricTensor(x, self.input_type)).tensor
+        return self.head(features.mean((2, 3)))
+
+
+def test_torch_batch_norms_on_invariant_features_become_group_norms_on_request():
+    model = InvariantHead()
+    with torch.no_grad():
+        model.head[1].weight.uniform_(0.5, 2)
+        model.head[1].bias.normal_()
+    weight, bias = model.head[1].weight.clone(), model.head[1].bias.clone()
+    _, replacements = convert_norms(model, torch_batch_norms=True, num_groups=2)
+    # InnerBatchNorm's own BatchNorm3d goes with it, not on its own
+    assert [(r.name, r.old) for r in replacements] == [("trunk.1", "InnerBatchNorm"), ("head.1", "BatchNorm1d")]
+    head = model.head[1]
+    assert isinstance(head, torch.nn.GroupNorm) and (head.num_groups, head.num_channels) == (2, 6)
+    assert torch.equal(head.weight, weight) and torch.equal(head.bias, bias)
+    assert replacements[1].carried == ["weight", "bias"]
+    model.train()
+    y = model(torch.randn(1, 1, 9, 9))  # batch size 1 in training: a batch norm would raise
+    features = model.trunk(nn.GeometricTensor(torch.randn(1, 1, 9, 9), model.input_type)).tensor.mean((2, 3))
+    want = torch.nn.functional.elu(torch.nn.functional.group_norm(model.head[0](features), 2, weight, bias))
+    torch.testing.assert_close(model.head(features), want)
+    assert y.shape == (1, 6)
+
+
+def test_torch_batch_norm_conversion_refuses_what_it_cannot_do():
+    model = InvariantHead()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"layer 'head.1' \(BatchNorm1d\): num_groups=4 does not divide its 6"):
+        convert_norms(model, torch_batch_norms=True, num_groups=4)
+    assert isinstance(model.head[1], torch.nn.BatchNorm1d) and isinstance(model.trunk[1], nn.InnerBatchNorm)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="needs a per-sample norm"):
+        convert_norms(model, "batch", torch_batch_norms=True)

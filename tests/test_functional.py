@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from reference import reference_norm
 from strategies import layout_of, random_irrep_matrices, specs
 
-from eqnorm import FieldLayout
+from eqnorm import FieldLayout, _ops
 from eqnorm.functional import field_group_norm
 
 CENTERINGS = st.sampled_from(["trivial", "all", "none"])
@@ -181,3 +181,30 @@ def test_eager_dense_call_equals_the_traced_form(shape):
         want = torch.autograd.grad(traced, (x, weight), dy)
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "shape, ptr, batch",
+    [
+        ((1, 8, 256, 256), None, False),
+        ((20001, 8), torch.tensor([0, 7, 15000, 20001]), False),
+        ((4, 8, 64, 64), None, True),
+    ],
+    ids=["dense", "ragged", "batch"],
+)
+def test_pure_pytorch_kernels_give_the_same_bits_at_every_thread_count(shape, ptr, batch):
+    layout = FieldLayout([["s", "v"], ["s"], ["v"], ["s", "s"]], {"s": 1, "v": 2}, {"s"}, [0, 1, 0, 1])
+    w, b = (p.float() for p in parameters(layout, 0))
+    x = offset_input(shape, 1).float()
+    x = x if ptr is not None else x.flatten(2)  # the op takes rows: (N, C, P)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3, 8):
+            torch.set_num_threads(threads)
+            xg = x.clone().requires_grad_()
+            y = _ops.torch_field_norm(xg, w, b, layout.tensors, ptr, ptr is not None, batch, 1e-5)[0]
+            results.append((y.detach(), *torch.autograd.grad((y * y.detach().cos()).sum(), xg)))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for r in results[1:] for a, b in zip(results[0], r, strict=True))

@@ -82,6 +82,27 @@ def test_forward_and_backward_match_reference(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", [torch.ops.eqnorm.field_norm, _ops.torch_field_norm], ids=["compiled", "torch"])
+def test_float32_variance_overflow_gives_nan_never_a_finite_wrong_output(device, op):
+    # float32 squares overflow from |x| ~ 1.8e19 on; an infinite variance once gave a zero coefficient and the bias as
+    # output, finite and wrong. float64 (no overflow) says what the output should be.
+    w, b = parameters(device)
+    for name, x64, last, ptr, batch in cases(device):
+        for scale in (1e15, 1e19, 1e30):
+            layout = list(_layout(device)) if op is torch.ops.eqnorm.field_norm else _layout(device)
+            x = (x64 * scale).float().requires_grad_()
+            y = op(x, w.float(), b.float(), layout, ptr, last, batch, 1e-5)[0]
+            want = op(x.detach().double(), w, b, layout, ptr, last, batch, 1e-5)[0].float()
+            right = torch.isclose(y, want, rtol=1e-3, atol=1e-3)
+            assert (right | y.isnan()).all(), f"{name} at {scale:g}: finite and wrong"
+            if scale == 1e15:
+                assert right.all(), name
+            (dx,) = torch.autograd.grad(y, x, torch.ones_like(y), allow_unused=True)
+            if dx is not None and y.isnan().any():
+                assert dx.isnan().any() or dx.numel() == 0, name
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     """Schema, fake kernel, autograd registration and dynamic shapes agree with the real kernels."""
     for _name, x, last, ptr, batch in cases(device):

@@ -11,6 +11,7 @@ from e3nn.util.jit import compile_mode
 from .._ops import check_ptr, is_tracing, kernel_backend
 from ..layout import FieldLayout
 from ..module import FieldNorm
+from ._graph_index import GraphIndex
 from ._irreps import IrrepsModule, check_features, parse_irreps
 
 __all__ = ["IrrepsGroupNorm", "IrrepsLayerNorm"]
@@ -103,6 +104,9 @@ class IrrepsGroupNorm(IrrepsModule):
         e3nn's ``BatchNorm(normalization="norm")``).
     eps, affine, bias
         As ``torch.nn.GroupNorm``: ``weight`` one per copy, ``bias`` one per ``0e`` copy.
+    graph_index
+        With ``over="graph"``, a :class:`GraphIndex` to read ``batch`` and ``num_graphs`` from when the call gives
+        neither ``batch`` nor ``ptr``: for blocks that never see the graph index (MACE's product blocks).
 
     Examples
     --------
@@ -125,12 +129,16 @@ class IrrepsGroupNorm(IrrepsModule):
         layout: str = "mul_ir",
         normalization: str = "component",
         bias: bool = True,
+        graph_index: GraphIndex | None = None,
     ) -> None:
         super().__init__()
         self.irreps_in = self.irreps_out = parse_irreps(irreps)
         if over not in OVER:
             raise ValueError(f"over must be one of {OVER}, got {over!r}")
+        if graph_index is not None and (over != "graph" or not isinstance(graph_index, GraphIndex)):
+            raise ValueError("graph_index is a GraphIndex, for over='graph'")
         self.over = over
+        self.graph_index = graph_index
         self.dim = int(self.irreps_in.dim)  # a plain int: compiled code should not trace into Irreps
         fields = FieldLayout.from_irreps(self.irreps_in, num_groups, group_by, centering, layout, normalization)
         self.norm = FieldNorm(fields, eps, affine, bias)
@@ -142,7 +150,11 @@ class IrrepsGroupNorm(IrrepsModule):
         ptr: torch.Tensor | None = None,
         num_graphs: int | None = None,
     ) -> torch.Tensor:
-        """``x`` as ``over`` says; per graph, ``batch`` (with ``num_graphs`` for compiled code) or ``ptr``."""
+        """``x`` as ``over`` says; per graph, ``batch`` (with ``num_graphs`` for compiled code) or ``ptr``, or the
+        ``graph_index`` the layer was built with."""
+        if self.graph_index is not None and batch is None and ptr is None:  # TorchScript refines only self.<name>
+            if self.graph_index.num_graphs > 0:
+                batch, num_graphs = self.graph_index.batch, self.graph_index.num_graphs
         if torch.jit.is_scripting():
             ptr = self.scripted_offsets(x, batch, ptr, num_graphs)
         else:

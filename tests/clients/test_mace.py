@@ -23,7 +23,7 @@ from mace.tools import torch_geometric  # noqa: E402
 
 import eqnorm  # noqa: E402
 from eqnorm import _ops  # noqa: E402
-from eqnorm.e3nn import IrrepsLayerNorm  # noqa: E402
+from eqnorm.e3nn import GraphIndex, IrrepsGroupNorm, IrrepsLayerNorm  # noqa: E402
 
 pytestmark = pytest.mark.skipif(eqnorm.kernel_backend("cpu") == "torch", reason="the compiled extension is not built")
 
@@ -43,16 +43,19 @@ def _float64():
 class NormedProduct(torch.nn.Module):
     """A MACE product block followed by an eqnorm layer norm of its output (per node)."""
 
-    def __init__(self, product: torch.nn.Module, irreps: o3.Irreps) -> None:
+    def __init__(self, product: torch.nn.Module, irreps: o3.Irreps, index: GraphIndex | None = None) -> None:
         super().__init__()
         self.product = product
-        self.norm = IrrepsLayerNorm(irreps)
+        # per graph when given the model's GraphIndex (the block itself never sees the graph index), else per node
+        self.norm = (
+            IrrepsLayerNorm(irreps) if index is None else IrrepsGroupNorm(irreps, 1, over="graph", graph_index=index)
+        )
 
     def forward(self, node_feats: torch.Tensor, sc: torch.Tensor | None, node_attrs: torch.Tensor) -> torch.Tensor:
         return self.norm(self.product(node_feats=node_feats, sc=sc, node_attrs=node_attrs))
 
 
-def make_model() -> torch.nn.Module:
+def make_model(index: GraphIndex | None = None) -> torch.nn.Module:
     interaction = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
     model = modules.MACE(
         r_max=4.0,
@@ -73,7 +76,7 @@ def make_model() -> torch.nn.Module:
     )
     for i, product in enumerate(model.products):
         irreps = HIDDEN if i < len(model.products) - 1 else o3.Irreps(str(HIDDEN[0]))  # MACE's last layer: scalars
-        model.products[i] = NormedProduct(product, irreps)
+        model.products[i] = NormedProduct(product, irreps, index)
     return model
 
 
@@ -99,13 +102,17 @@ def batch_of(atoms_list: list) -> dict[str, torch.Tensor]:
 
 
 def loss_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    for module in model.modules():  # the per-graph norms' GraphIndex, set before each call
+        if isinstance(module, GraphIndex):
+            module.set(batch["batch"], batch["ptr"].numel() - 1)
     out = model(dict(batch), training=True, compute_force=True)
     return (out["energy"] - batch["energy"]).square().mean() + (out["forces"] - batch["forces"]).square().mean()
 
 
-def test_training_steps_match_the_pure_pytorch_kernels(monkeypatch):
+@pytest.mark.parametrize("over", ["node", "graph"])
+def test_training_steps_match_the_pure_pytorch_kernels(monkeypatch, over):
     torch.manual_seed(0)
-    model, batch = make_model(), batch_of(cells(3, 0))
+    model, batch = make_model(GraphIndex() if over == "graph" else None), batch_of(cells(3, 0))
     twin = copy.deepcopy(model)
     optimizers = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (model, twin)]
     for _ in range(3):
@@ -141,10 +148,12 @@ def test_forces_are_equivariant():
     torch.testing.assert_close(f_turned, f @ torch.from_numpy(rotation).T, atol=1e-10, rtol=1e-10)
 
 
-def test_lammps_export_scripts_and_matches():
-    """What mace's create_lammps_model does: LAMMPS_MACE around the model, compiled by e3nn.util.jit."""
+@pytest.mark.parametrize("over", ["node", "graph"])
+def test_lammps_export_scripts_and_matches(over):
+    """What mace's create_lammps_model does: LAMMPS_MACE around the model, compiled by e3nn.util.jit. LAMMPS hands
+    the model one configuration: per-graph norms with their GraphIndex cleared pool over all of it."""
     torch.manual_seed(2)
-    model, batch = make_model(), batch_of(cells(1, 2))  # LAMMPS hands the model one configuration
+    model, batch = make_model(GraphIndex() if over == "graph" else None), batch_of(cells(1, 2))
     energy = model(dict(batch), training=False, compute_force=True)["energy"]
     scripted = jit.compile(LAMMPS_MACE(copy.deepcopy(model)))
     local = torch.ones(batch["positions"].shape[0], dtype=torch.bool)
@@ -171,3 +180,21 @@ def test_compiles_with_the_mace_compile_helper():
     torch.testing.assert_close(e1, e0, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(f1, f0, atol=1e-10, rtol=1e-10)
     assert f0.abs().max() > 1e-3
+
+
+def test_per_graph_norms_through_a_graph_index_keep_graphs_apart():
+    """A configuration's energy and forces are the same alone and in a batch: its norms pooled over it only."""
+    torch.manual_seed(4)
+    index = GraphIndex()
+    model, atoms = make_model(index), cells(3, 4)
+    results = []
+    for batch in (batch_of(atoms), batch_of(atoms[1:2])):
+        index.set(batch["batch"], batch["ptr"].numel() - 1)
+        out = model(dict(batch), training=False, compute_force=True)
+        results.append((out["energy"], out["forces"], batch["ptr"]))
+    (e, f, ptr), (e1, f1, _) = results
+    torch.testing.assert_close(e[1:2], e1, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(f[ptr[1] : ptr[2]], f1, atol=1e-10, rtol=1e-10)
+    index.set(batch_of(atoms)["batch"], 3)
+    with pytest.raises(ValueError, match="graph indices"):  # a stale index is refused, never applied
+        model(batch_of(atoms[:1]), training=False, compute_force=True)
