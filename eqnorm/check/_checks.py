@@ -13,15 +13,17 @@ What is exact and what is not (DESIGN section 4):
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["CheckResult", "Measurement", "Tolerance", "check_e3nn", "check_escnn", "element_label"]
+from ._whole import Invariant
+
+__all__ = ["CheckResult", "Measurement", "Tolerance", "check_e3nn", "check_escnn", "element_label", "restored"]
 
 
 @dataclass
@@ -106,12 +108,28 @@ def _measure(label: str, got: torch.Tensor, expected: torch.Tensor, tolerance: T
     return Measurement(label, err, rel, None if tolerance is None else tolerance.accepts(err, rel))
 
 
-def _fresh(module: Any, mode: str, dtype: torch.dtype) -> Any:
-    """A copy of ``module`` in ``mode`` and ``dtype`` for one mode's checks: the checked model itself is never
-    changed (running statistics, flags, dtype), and the eval checks see the statistics the model has, not those
-    the train checks would have left."""
-    copy_ = copy.deepcopy(module).to(dtype)
-    return copy_.train(mode == "train")
+@contextlib.contextmanager
+def restored(module: torch.nn.Module) -> Iterator[None]:
+    """Runs the block, then puts back every parameter and buffer of ``module`` (values, dtype, the objects
+    themselves) and every train/eval flag: a check in train mode updates running statistics, one in another dtype
+    converts the model, and neither may reach the model checked or the next check. The model is not copied: escnn's
+    3D groups and its convolutions' cached filters do not survive ``copy.deepcopy``."""
+    saved: list[tuple[dict[str, Any], str, torch.Tensor, torch.Tensor]] = [
+        (store, name, tensor, tensor.data.clone())
+        for m in module.modules()
+        for store in (m._parameters, m._buffers)
+        for name, tensor in store.items()
+        if tensor is not None
+    ]
+    flags = [(m, m.training) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for store, name, tensor, data in saved:
+            tensor.data = data
+            store[name] = tensor
+        for m, training in flags:  # outer first: train(flag) sets the children too, which come later
+            m.train(training)  # escnn's convolutions rebuild their filters from the restored weights here
 
 
 def _output_check(y: torch.Tensor, mode: str, tolerance: Tolerance) -> CheckResult:
@@ -228,7 +246,8 @@ def _centre_mask(like: torch.Tensor, radius: float = 0.5) -> torch.Tensor:
 
 
 def _contains_batch_norm(module: Any) -> bool:
-    return any("BatchNorm" in type(m).__name__ for m in module.modules())
+    # torch's, escnn's and e3nn's BatchNorm*, eqnorm's FieldBatchNorm/BatchFieldNorm/IrrepsBatchNorm
+    return any("Batch" in type(m).__name__ and "Norm" in type(m).__name__ for m in module.modules())
 
 
 def check_escnn(
@@ -269,49 +288,50 @@ def check_escnn(
     results = []
     rng = torch.get_rng_state()
     for mode in modes:
-        module = _fresh(original, mode, dtype)
-        with torch.no_grad():
-            pointwise = not _mixes_positions(run, x, tolerance)
-            y = GeometricTensor(run(x), out_type)
-            results.append(_output_check(y.tensor, mode, tolerance))
-            gx = GeometricTensor(x, in_type)
-            if pointwise or gspace.dimensionality == 0:
-                check = CheckResult("fiber equivariance", mode, tolerance=tolerance)
-                results.append(_compare(run, gx, y, check, elements, False, tolerance))
-            else:
-                note = (
-                    "the module mixes positions (convolution), so the fiber action alone is no symmetry; the grid "
-                    "checks below are exact"
+        with restored(original):  # the model checked is left as it was
+            module = original.to(dtype).train(mode == "train")
+            with torch.no_grad():
+                pointwise = not _mixes_positions(run, x, tolerance)
+                y = GeometricTensor(run(x), out_type) if out_type is not None else Invariant(run(x))
+                results.append(_output_check(y.tensor, mode, tolerance))
+                gx = GeometricTensor(x, in_type)
+                if pointwise or gspace.dimensionality == 0:
+                    check = CheckResult("fiber equivariance", mode, tolerance=tolerance)
+                    results.append(_compare(run, gx, y, check, elements, False, tolerance))
+                else:
+                    note = (
+                        "the module mixes positions (convolution), so the fiber action alone is no symmetry; the grid "
+                        "checks below are exact"
+                    )
+                    results.append(CheckResult("fiber equivariance", mode, note=note))
+                if grid:
+                    note = (
+                        "float64 compared at float32 tolerances: escnn samples its filter bases in float32"
+                        if grid_tolerance is not tolerance
+                        else ""
+                    )
+                    check = CheckResult("grid symmetries (exact)", mode, note=note, tolerance=grid_tolerance)
+                    results.append(_compare(run, gx, y, check, grid, True, grid_tolerance))
+                if interpolated:
+                    note = (
+                        "rotating a grid by these angles interpolates; compared inside the centre disc next to the "
+                        "baseline (the input rotated and back), reported, not failed, unless asked"
+                    )
+                    interp_tol = None if interpolation_rtol is None else Tolerance(0.0, interpolation_rtol)
+                    check = CheckResult("interpolated rotations", mode, note=note, tolerance=interp_tol)
+                    mask = _centre_mask(y.tensor) if y.tensor.dim() > 2 else None
+                    results.append(_compare(run, gx, y, check, interpolated, True, interp_tol, mask))
+                    for m, g in zip(check.measurements, interpolated, strict=True):
+                        m.baseline = _interpolation_baseline(gx, g)
+                batch_required = mode == "eval" or not _contains_batch_norm(module)
+                note = "" if batch_required else "reported only: the module holds a batch norm in train mode"
+                results.append(_batch_check(run, x, mode, tolerance if batch_required else None, note))
+            if grad:
+                results.append(
+                    _gradient_check(
+                        module, run, x, grid if not pointwise else elements, not pointwise, mode, tolerance, gen
+                    )
                 )
-                results.append(CheckResult("fiber equivariance", mode, note=note))
-            if grid:
-                note = (
-                    "float64 compared at float32 tolerances: escnn samples its filter bases in float32"
-                    if grid_tolerance is not tolerance
-                    else ""
-                )
-                check = CheckResult("grid symmetries (exact)", mode, note=note, tolerance=grid_tolerance)
-                results.append(_compare(run, gx, y, check, grid, True, grid_tolerance))
-            if interpolated:
-                note = (
-                    "rotating a grid by these angles interpolates; compared inside the centre disc next to the "
-                    "baseline (the input rotated and back), reported, not failed, unless asked"
-                )
-                interp_tol = None if interpolation_rtol is None else Tolerance(0.0, interpolation_rtol)
-                check = CheckResult("interpolated rotations", mode, note=note, tolerance=interp_tol)
-                mask = _centre_mask(y.tensor)
-                results.append(_compare(run, gx, y, check, interpolated, True, interp_tol, mask))
-                for m, g in zip(check.measurements, interpolated, strict=True):
-                    m.baseline = _interpolation_baseline(gx, g)
-            batch_required = mode == "eval" or not _contains_batch_norm(module)
-            note = "" if batch_required else "reported only: the module holds a batch norm in train mode"
-            results.append(_batch_check(run, x, mode, tolerance if batch_required else None, note))
-        if grad:
-            results.append(
-                _gradient_check(
-                    module, run, x, grid if not pointwise else elements, not pointwise, mode, tolerance, gen
-                )
-            )
     torch.set_rng_state(rng)  # dropout and other random layers draw from it
     return results
 
@@ -332,7 +352,7 @@ def _gradient_check(
     in_type, out_type = module.in_type, module.out_type
 
     def act(t: torch.Tensor, field_type: Any, g: Any) -> torch.Tensor:
-        gt = GeometricTensor(t, field_type)
+        gt = GeometricTensor(t, field_type) if field_type is not None else Invariant(t)
         return (gt.transform(g) if whole else gt.transform_fibers(g)).tensor
 
     def input_grad(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -371,7 +391,8 @@ def check_e3nn(
     ``num_graphs`` of per-graph modules); with ``batch`` or ``ptr``, batch independence moves whole graphs."""
     from e3nn import o3
 
-    irreps_in, irreps_out = o3.Irreps(module.irreps_in), o3.Irreps(module.irreps_out)
+    irreps_in = o3.Irreps(module.irreps_in)
+    irreps_out = None if module.irreps_out is None else o3.Irreps(module.irreps_out)  # None: invariant outputs
     gen = torch.Generator().manual_seed(seed)
     original = module
     x = e3nn_input(irreps_in, dtype, gen) if x is None else x.to(dtype)
@@ -389,38 +410,46 @@ def check_e3nn(
     results = []
     rng = torch.get_rng_state()
     for mode in modes:
-        module = _fresh(original, mode, dtype)
-        check = CheckResult("rotation and parity equivariance", mode, tolerance=tolerance)
-        with torch.no_grad():
-            y = run(x)
-            results.append(_output_check(y, mode, tolerance))
-            for label, matrix in rotations:
-                d_in = irreps_in.D_from_matrix(matrix).to(dtype)
-                d_out = irreps_out.D_from_matrix(matrix).to(dtype)
-                check.measurements.append(_measure(label, run(x @ d_in.T), y @ d_out.T, tolerance))
-            results.append(check)
-            if graphs is None:
-                results.append(_batch_check(run, x, mode, tolerance, ""))
-            else:
-                results.append(_graph_check(run, x, graphs, extra, mode, tolerance))
-        if grad:
-            gcheck = CheckResult("gradient equivariance", mode, tolerance=tolerance)
-            v = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)
+        with restored(original):  # the model checked is left as it was
+            module = original.to(dtype).train(mode == "train")
+            check = CheckResult("rotation and parity equivariance", mode, tolerance=tolerance)
+            with torch.no_grad():
+                y = run(x)
+                results.append(_output_check(y, mode, tolerance))
+                for label, matrix in rotations:
+                    d_in = irreps_in.D_from_matrix(matrix).to(dtype)
+                    d_out = _output_action(irreps_out, matrix, y).to(dtype)
+                    check.measurements.append(_measure(label, run(x @ d_in.T), y @ d_out.T, tolerance))
+                results.append(check)
+                if graphs is None:
+                    results.append(_batch_check(run, x, mode, tolerance, ""))
+                else:
+                    results.append(_graph_check(run, x, graphs, extra, mode, tolerance))
+            if grad:
+                gcheck = CheckResult("gradient equivariance", mode, tolerance=tolerance)
+                v = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(dtype)
 
-            def input_grad(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-                t = t.clone().requires_grad_()
-                return torch.autograd.grad(run(t), t, w)[0]
+                def input_grad(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                    t = t.clone().requires_grad_()
+                    return torch.autograd.grad(run(t), t, w)[0]
 
-            base = input_grad(x, v)
-            for label, matrix in rotations:
-                d_in = irreps_in.D_from_matrix(matrix).to(dtype)
-                d_out = irreps_out.D_from_matrix(matrix).to(dtype)
-                gcheck.measurements.append(
-                    _measure(label, input_grad(x @ d_in.T, v @ d_out.T), base @ d_in.T, tolerance)
-                )
-            results.append(gcheck)
+                base = input_grad(x, v)
+                for label, matrix in rotations:
+                    d_in = irreps_in.D_from_matrix(matrix).to(dtype)
+                    d_out = _output_action(irreps_out, matrix, y).to(dtype)
+                    gcheck.measurements.append(
+                        _measure(label, input_grad(x @ d_in.T, v @ d_out.T), base @ d_in.T, tolerance)
+                    )
+                results.append(gcheck)
     torch.set_rng_state(rng)
     return results
+
+
+def _output_action(irreps_out: Any, matrix: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The output's Wigner matrix for ``matrix``: the identity for invariant outputs (``irreps_out`` None)."""
+    if irreps_out is None:
+        return torch.eye(y.shape[-1], dtype=torch.float64)
+    return irreps_out.D_from_matrix(matrix)
 
 
 def _graph_of_node(inputs: dict[str, Any], nodes: int) -> torch.Tensor | None:
@@ -442,14 +471,22 @@ def _graph_check(
     tolerance: Tolerance,
 ) -> CheckResult:
     """Per-graph independence: the first graph's output must not move when every other graph's nodes are replaced,
-    and each graph's output must move with it when the graphs come in the reverse order."""
+    and each graph's output must move with it when the graphs come in the reverse order. Outputs are per node, or
+    per graph (one row per graph, as energies are)."""
     first = (graphs == graphs[0]).to(x.device)
     other = x.clone()
     other[~first] = torch.randn_like(other[~first]) * 10 + 3
     y = run(x)
-    check = CheckResult("graph independence", mode, tolerance=tolerance)
-    check.measurements.append(_measure("graph 0, others replaced", run(other)[first], y[first], tolerance))
     groups = _groups(graphs)[::-1]
+    per_graph = y.shape[0] != x.shape[0]
+    if per_graph and y.shape[0] != len(groups):
+        note = (
+            f"{y.shape[0]} output rows for {x.shape[0]} nodes in {len(groups)} graphs: neither per node nor per graph"
+        )
+        return CheckResult("graph independence", mode, note=note)
+    own = slice(0, 1) if per_graph else first
+    check = CheckResult("graph independence", mode, tolerance=tolerance)
+    check.measurements.append(_measure("graph 0, others replaced", run(other)[own], y[own], tolerance))
     order = torch.cat(groups)
     sizes = torch.tensor([g.numel() for g in groups])
     changed = {
@@ -458,7 +495,8 @@ def _graph_check(
     }
     given = {k: v for k, v in changed.items() if inputs.get(k) is not None}
     reversed_out = run(x[order.to(x.device)], **given)
-    check.measurements.append(_measure("graphs in reverse order", reversed_out, y[order.to(x.device)], tolerance))
+    expected = y.flip(0) if per_graph else y[order.to(x.device)]
+    check.measurements.append(_measure("graphs in reverse order", reversed_out, expected, tolerance))
     return check
 
 

@@ -14,7 +14,6 @@ included). With --json, exactly one JSON document is printed in every case.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import importlib
 import importlib.util
@@ -29,9 +28,10 @@ from typing import Any
 
 import torch
 
-from ._checks import CheckResult, Tolerance, check_e3nn, check_escnn, e3nn_input, escnn_input
+from ._checks import CheckResult, Tolerance, check_e3nn, check_escnn, e3nn_input, escnn_input, restored
 from ._layers import LayerReport, check_layers
 from ._spaces import FIELD_NAMES, UsageError, field_type, gspace
+from ._whole import WholeModel
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -122,6 +122,13 @@ def _target(args: argparse.Namespace, notes: list[str]) -> tuple[Any, Any, str]:
         return _layer(args, notes), None, f"eqnorm layer --layer {args.layer}"
     if args.target:
         made = _import_factory(args.target)
+        if isinstance(made, WholeModel):  # a plain torch.nn.Module, with what its input and output are
+            try:
+                view = made.adapted()
+            except (TypeError, ValueError) as error:
+                raise UsageError(f"the factory's WholeModel: {error}") from None
+            given = made.input if not made.inputs else (made.input, made.inputs)
+            return view, given, f"{args.target} ({type(made.model).__name__} as a whole)"
         if isinstance(made, tuple) and len(made) == 3:  # (module, input, extra keyword inputs such as batch)
             module, x, extra = made
             if not isinstance(extra, dict):
@@ -190,14 +197,17 @@ def run_checks(args: argparse.Namespace) -> Report:
     escnn = hasattr(module, "in_type") and hasattr(module, "out_type")
     if not escnn and not (hasattr(module, "irreps_in") and hasattr(module, "irreps_out")):
         raise UsageError(
-            f"the target is a {type(module).__name__}: expected an escnn EquivariantModule (in_type/out_type) or an "
-            "e3nn module (irreps_in/irreps_out)"
+            f"the target is a {type(module).__name__}: expected an escnn EquivariantModule (in_type/out_type), an "
+            "e3nn module (irreps_in/irreps_out), or eqnorm.check.WholeModel(model, in_type=..., out_type=...) "
+            "saying what a plain model's input and output are"
         )
     if extra and escnn:
         raise UsageError("extra keyword inputs (batch, ptr) are for e3nn modules")
     module.to(args.device)
     x = None if x is None else x.to(args.device)
     extra = {k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
+    if x is None and escnn and module.in_type.gspace.dimensionality > 0:
+        x = _default_input_the_model_takes(module, dtype, args.seed)
     if x is not None:
         size = module.in_type.size if escnn else _irreps_dim(module.irreps_in)
         if x.dim() < 2 or x.shape[-1 if not escnn else 1] != size:
@@ -229,10 +239,28 @@ def run_checks(args: argparse.Namespace) -> Report:
     else:
         results = check_e3nn(module, grad=args.grad, x=x, inputs=extra, **common)
     layers: list[LayerReport] = []
-    if not args.no_layers:  # on a copy in the checked dtype: the model given is never changed
-        work = copy.deepcopy(module).to(dtype)
-        layers = check_layers(work, lambda: _run_once(work, x, extra, escnn, dtype, args.seed), **common)
+    if not args.no_layers:
+        with restored(module):  # in the checked dtype, then as it was
+            module.to(dtype)
+            layers = check_layers(module, lambda: _run_once(module, x, extra, escnn, dtype, args.seed), **common)
     return Report(header, results, layers)
+
+
+def _default_input_the_model_takes(module: Any, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """The checker's default input, after a trial call: a model that refuses it (a ``MaskModule`` built for another
+    grid size) is a usage error that says how to give an input, not the model raising."""
+    from escnn.nn import GeometricTensor
+
+    x = escnn_input(module.in_type, dtype, torch.Generator().manual_seed(seed))
+    try:
+        with restored(module), torch.no_grad():
+            module.to(dtype).eval()(GeometricTensor(x, module.in_type))
+    except Exception as error:
+        raise UsageError(
+            f"the model does not take eqnorm-check's default input of shape {tuple(x.shape)} "
+            f"({type(error).__name__}: {error}); return (model, input) from the factory, with an input it takes"
+        ) from None
+    return x
 
 
 def _irreps_dim(irreps: Any) -> int:
@@ -263,10 +291,11 @@ def _first_failure(report: Report) -> str:
             f"{r.name} [{r.mode}] at element {m.element}, max abs error {m.abs_error:.3e}, relative {m.rel_error:.3e}"
         )
 
-    for layer in report.layers:
-        for r in layer.results:
-            if not r.passed:
-                return f"first failing layer {layer.name!r} ({layer.kind}): {where(r)}"
+    failing = [layer for layer in report.layers if not layer.passed]
+    for layer in failing:  # the innermost: a block fails because a layer inside it does
+        if not any(other.name.startswith(f"{layer.name}.") for other in failing):
+            r = next(r for r in layer.results if not r.passed)
+            return f"first failing layer {layer.name!r} ({layer.kind}): {where(r)}"
     return where(next(r for r in report.results if not r.passed))
 
 
@@ -309,7 +338,7 @@ def render(report: Report) -> str:
         )
         lines.append(f"  {'layer':<24} {'type':<24} {'worst rel':>10}  status")
         for layer in report.layers:
-            status = "ok" if layer.passed else "FAIL"
+            status = layer.status
             lines.append(f"  {layer.name:<24} {layer.kind:<24} {layer.worst:>10.2e}  {status}")
     lines += ["", summary(report)]
     return "\n".join(lines)
@@ -344,7 +373,7 @@ def to_json(report: Report | None, code: int, error: str | None = None) -> str:
                 {
                     "name": layer.name,
                     "type": layer.kind,
-                    "status": "passed" if layer.passed else "failed",
+                    "status": {"ok": "passed", "FAIL": "failed"}.get(layer.status, "skipped"),
                     "worst_rel_error": layer.worst,
                     "checks": [_check_document(r) for r in layer.results],
                 }

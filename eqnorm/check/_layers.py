@@ -34,6 +34,14 @@ class LayerReport:
         return all(r.passed for r in self.results)
 
     @property
+    def status(self) -> str:
+        """``FAIL``, ``ok``, or ``skipped`` where nothing was judged."""
+        if not self.passed:
+            return "FAIL"
+        judged = any(m.passed is not None for r in self.results for m in r.measurements)
+        return "ok" if judged else "skipped"
+
+    @property
     def worst(self) -> float:
         errors = [m.rel_error for r in self.results for m in r.measurements if m.passed is not None]
         return max(errors, default=0.0)
@@ -69,7 +77,8 @@ class _OnFieldType(torch.nn.Module):
 def _candidates(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, Any]]:
     """(name, module, escnn parent's field type or None) for every submodule worth checking alone."""
     found = []
-    parents: dict[str, Any] = {"": model if _is_escnn(model) else None}
+    # a WholeModel's view is no escnn parent: the plain layers of its head do not act on its input's fields
+    parents: dict[str, Any] = {"": model if _is_escnn(model) and not hasattr(model, "is_whole_model") else None}
     for name, module in model.named_modules():
         if not name:
             continue
@@ -126,29 +135,48 @@ def check_layers(
     by_name = {name: (module, field_type) for name, module, field_type in candidates}
     for name in order + [n for n, _, _ in candidates if n not in order]:
         module, field_type = by_name[name]
-        x, y, kwargs = captured.get(name, (None, None, {}))
+        kind = type(module).__name__
+        if name not in captured:
+            if any(name.startswith(f"{outer}.") for outer in captured):
+                continue  # the internals of a layer checked as a whole (an escnn convolution's basis expansion)
+            note = "not called alone by the model's forward (or not on one tensor): nothing recorded to check it on"
+            reports.append(LayerReport(name, kind, [CheckResult("recorded input", "", note=note, layer=name)]))
+            continue
+        x, y, kwargs = captured[name]
         if field_type is not None:  # a plain module: only where it keeps the parent's field type
-            if x is None or y is None or x.dim() < 2 or x.shape[1] != field_type.size or x.shape != y.shape:
+            if x.dim() < 2 or x.shape[1] != field_type.size or x.shape != y.shape:
                 continue
             module = _OnFieldType(module, field_type)
         e3nn = _is_e3nn(module)
         if kwargs and not e3nn:
             continue  # an escnn module takes one GeometricTensor
         extra = {"inputs": kwargs} if e3nn else {}
-        random = None if not kwargs or x is None else torch.randn_like(x)  # per-graph inputs: the captured sizes
         results: list[CheckResult] = []
-        for source, data in (("random input", random), ("the model's features", x)):
-            if source != "random input" and data is None:
-                continue
+        # the recorded input, and random data of exactly its shape: never a call the model does not make
+        for source, data in (("random input", _random_like(x, seed)), ("the model's features", x)):
             check: Callable[..., list[CheckResult]] = check_e3nn if e3nn else check_escnn
-            for r in check(
-                module, modes=modes, dtype=dtype, tolerance=tolerance, samples=samples, seed=seed, x=data, **extra
-            ):
+            try:
+                found = check(
+                    module, modes=modes, dtype=dtype, tolerance=tolerance, samples=samples, seed=seed, x=data, **extra
+                )
+            except Exception as error:  # the checker's own call: not the model's failure
+                note = f"the checker could not call it alone ({type(error).__name__}: {error}); skipped"
+                found = [CheckResult(f"layer alone, {source}", "", note=note)]
+            for r in found:
                 r.layer = name
                 r.name = f"{r.name}, {source}"
                 results.append(r)
-        kind = type(by_name[name][0]).__name__
         reports.append(LayerReport(name, kind, results))
     for m, was in training.items():
         m.train(was)
     return reports
+
+
+def _random_like(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Standard normal data of ``x``'s shape and dtype, smoothed over the grid as the model checks' inputs are."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    pool = {4: torch.nn.functional.avg_pool2d, 5: torch.nn.functional.avg_pool3d}.get(x.dim())
+    if pool is not None and min(x.shape[2:]) >= 3:
+        noise = pool(noise, 3, stride=1, padding=1, count_include_pad=False)
+    return noise.to(device=x.device, dtype=x.dtype)

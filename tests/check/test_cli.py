@@ -145,7 +145,9 @@ def test_field_splitting_group_norm_in_a_conv_model_fails_and_names_the_layer(ca
     code, out, _ = run(capsys, *argv)
     assert code == 1, out
     last = out.strip().splitlines()[-1]
-    assert last.startswith("FAIL") and "first failing layer '1' (Wrapped)" in last and "fiber equivariance" in last
+    assert (
+        last.startswith("FAIL") and "first failing layer '1.inner' (GroupNorm)" in last and "fiber equivariance" in last
+    )
     rows = {
         line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ") and len(line.split()) == 4
     }
@@ -193,7 +195,7 @@ def test_summary_counts_statuses_apart(capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([f"{FACTORIES}:forward_raises"], "the module raised RuntimeError: forward is broken"),
+        ([f"{FACTORIES}:forward_raises"], "default input of shape (4, 8, 17, 17) (RuntimeError: forward is broken)"),
         ([f"{FACTORIES}:wrong_input_size"], "expects 32 in dimension 1"),
         (["--layer", "group", "--groups", "0"], "--groups must be a positive"),
         (["--atol", "-1"], "--atol must be a finite number >= 0"),

@@ -1,0 +1,152 @@
+"""Models built the way escnn's own examples build theirs, for eqnorm-check's tests: the wide ResNet of e2wrn
+(D4, InnerBatchNorm, residual blocks), the C8 CNN of escnn's model notebook (a MaskModule at the input, antialiased
+pooling, group pooling), a plain torch.nn.Module around an escnn trunk with a torch head, and an SE(3) CNN."""
+
+import torch
+from escnn import gspaces, nn
+
+
+class WideBasic(nn.EquivariantModule):
+    """e2wrn's residual block: BN -> ReLU -> conv -> BN -> ReLU -> conv, plus a 1x1 shortcut where the type changes."""
+
+    def __init__(self, in_type: nn.FieldType, inner: nn.FieldType, out_type: nn.FieldType, stride: int = 1) -> None:
+        super().__init__()
+        self.in_type, self.out_type = in_type, out_type
+        self.bn1 = nn.InnerBatchNorm(in_type)
+        self.relu1 = nn.ReLU(in_type, inplace=True)
+        self.conv1 = nn.R2Conv(in_type, inner, 3, padding=1, bias=False)
+        self.bn2 = nn.InnerBatchNorm(inner)
+        self.relu2 = nn.ReLU(inner, inplace=True)
+        self.conv2 = nn.R2Conv(inner, out_type, 3, padding=1, stride=stride, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_type != out_type:
+            self.shortcut = nn.R2Conv(in_type, out_type, 1, stride=stride, bias=False)
+
+    def forward(self, x: nn.GeometricTensor) -> nn.GeometricTensor:
+        h = self.relu1(self.bn1(x))
+        out = self.conv2(self.relu2(self.bn2(self.conv1(h))))
+        return out + (x if self.shortcut is None else self.shortcut(h))
+
+    def evaluate_output_shape(self, shape):
+        return self.conv2.evaluate_output_shape(self.conv1.evaluate_output_shape(shape))
+
+
+def e2wrn_trunk(width: int = 2) -> nn.SequentialModule:
+    """A D4 wide ResNet trunk in the structure of escnn's e2wrn example (two stages of two blocks), seeded."""
+    torch.manual_seed(0)
+    gs = gspaces.flipRot2dOnR2(4)
+    image = nn.FieldType(gs, 3 * [gs.trivial_repr])
+    stages = [nn.FieldType(gs, width * k * [gs.regular_repr]) for k in (1, 2)]
+    layers = [nn.R2Conv(image, stages[0], 3, padding=1, bias=False)]
+    current = stages[0]
+    for stage, stride in zip(stages, (1, 2), strict=True):
+        layers += [WideBasic(current, stage, stage, stride), WideBasic(stage, stage, stage)]
+        current = stage
+    layers += [nn.InnerBatchNorm(current), nn.ReLU(current, inplace=True)]
+    model = nn.SequentialModule(*layers)
+    _settle_running_statistics(model, torch.randn(8, 3, 17, 17))
+    return model
+
+
+def _settle_running_statistics(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Running statistics as after training, so that eval mode is not the identity of fresh statistics."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(nn.GeometricTensor(x, model.in_type))
+    model.eval()
+
+
+def c8_notebook_cnn() -> tuple[nn.SequentialModule, torch.Tensor]:
+    """The C8 CNN of escnn's model notebook, shortened: a MaskModule for 29x29 inputs, conv/InnerBatchNorm/ReLU
+    blocks, antialiased pooling and group pooling; returned with an input of the size the mask needs."""
+    torch.manual_seed(0)
+    gs = gspaces.rot2dOnR2(8)
+    image = nn.FieldType(gs, [gs.trivial_repr])
+    hidden = nn.FieldType(gs, 4 * [gs.regular_repr])
+    model = nn.SequentialModule(
+        nn.MaskModule(image, 29, margin=1),
+        nn.R2Conv(image, hidden, 7, padding=1, bias=False),
+        nn.InnerBatchNorm(hidden),
+        nn.ReLU(hidden, inplace=True),
+        nn.PointwiseAvgPoolAntialiased(hidden, sigma=0.66, stride=2),
+        nn.R2Conv(hidden, hidden, 5, padding=2, bias=False),
+        nn.InnerBatchNorm(hidden),
+        nn.ReLU(hidden, inplace=True),
+        nn.GroupPooling(hidden),
+    )
+    x = torch.randn(4, 1, 29, 29)
+    _settle_running_statistics(model, x)
+    return model, nn.GeometricTensor(x, image)
+
+
+class InvariantClassifier(torch.nn.Module):
+    """A torch.nn.Module around an escnn trunk: plain tensors in, class scores out (invariant), as escnn's example
+    classifiers are written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk, _ = c8_notebook_cnn()
+        self.input_type = self.trunk.in_type
+        self.head = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ELU(), torch.nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.trunk(nn.GeometricTensor(x, self.input_type)).tensor
+        return self.head(features.mean((2, 3)))
+
+
+def se3_cnn() -> nn.SequentialModule:
+    """An SE(3) steerable CNN as escnn's 3D examples build one: R3Conv, IIDBatchNorm3d, NormNonLinearity-free
+    gated blocks kept to ELU on scalars and norm ReLU on vectors."""
+    torch.manual_seed(0)
+    gs = gspaces.rot3dOnR3()
+    scalars = nn.FieldType(gs, [gs.trivial_repr])
+    hidden = nn.FieldType(gs, 4 * [gs.trivial_repr] + 2 * [gs.irrep(1)])
+    model = nn.SequentialModule(
+        nn.R3Conv(scalars, hidden, 3, padding=1),
+        nn.IIDBatchNorm3d(hidden),
+        nn.NormNonLinearity(hidden, "n_relu"),
+        nn.R3Conv(hidden, hidden, 3, padding=1),
+    )
+    _settle_running_statistics(model, torch.randn(4, 1, 9, 9, 9))
+    return model
+
+
+def invariant_classifier():
+    """The classifier as a whole, for eqnorm-check: its input's field type, invariant class scores out."""
+    from eqnorm.check import WholeModel
+
+    model = InvariantClassifier()
+    return WholeModel(model, in_type=model.input_type, out_type="invariant", input=torch.randn(4, 1, 29, 29))
+
+
+def e2wrn_with_splitting_group_norm():
+    """The trunk with one norm replaced by torch's GroupNorm in groups of 2 channels, on D4's regular fields of 8: a
+    turn by 90 degrees maps the channels {e, r} to {r, r^2}, across groups, which breaks equivariance in that layer
+    only. (Groups of 4 would hold the rotations and the reflections apart, which D4 permutes as whole groups: those
+    are equivariant.)"""
+    from factories import Wrapped
+
+    model = e2wrn_trunk()
+    block = model[2]  # the second block of the first stage
+    block.bn2 = Wrapped(block.bn2.in_type, torch.nn.GroupNorm(block.bn2.in_type.size // 2, block.bn2.in_type.size))
+    return model
+
+
+def _converted(model, **options):
+    from eqnorm import convert_norms
+
+    return convert_norms(model, **options)[0]
+
+
+def e2wrn_converted():
+    return _converted(e2wrn_trunk())
+
+
+def c8_notebook_converted():
+    model, x = c8_notebook_cnn()
+    return _converted(model, norm="batch"), x
+
+
+def se3_converted():
+    return _converted(se3_cnn(), norm="layer")
