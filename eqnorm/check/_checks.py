@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ._whole import Invariant
+from ._actions import act
 
 __all__ = ["CheckResult", "Measurement", "Tolerance", "check_e3nn", "check_escnn", "element_label", "restored"]
 
@@ -206,31 +206,34 @@ def _mixes_positions(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 
 def _compare(
     run: Callable[[torch.Tensor], torch.Tensor],
-    x: Any,
-    y: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    types: tuple[Any, Any],
     check: CheckResult,
     elements: list[Any],
     whole: bool,
     tolerance: Tolerance | None,
     mask: torch.Tensor | None = None,
+    exact: bool = True,
 ) -> CheckResult:
-    """``run(g x)`` against ``g y`` for each element, moving the whole field (``whole``) or the fibers only, compared
+    """``run(g x)`` against ``g y`` for each element, ``types`` the input's and output's field types, moving the
+    whole field (``whole``: by pixel permutations where ``exact``, else interpolated) or the fibers only, compared
     where ``mask`` is set (everywhere if it is None)."""
+    in_type, out_type = types
     for g in elements:
-        moved_in = x.transform(g) if whole else x.transform_fibers(g)
-        got, expected = run(moved_in.tensor), (y.transform(g) if whole else y.transform_fibers(g)).tensor
+        got, expected = run(act(x, in_type, g, whole, exact)), act(y, out_type, g, whole, exact)
         if mask is not None:
             got, expected = got * mask, expected * mask
         check.measurements.append(_measure(element_label(g), got, expected, tolerance))
     return check
 
 
-def _interpolation_baseline(x: Any, g: Any) -> float:
+def _interpolation_baseline(x: torch.Tensor, in_type: Any, g: Any) -> float:
     """The relative error, inside the centre disc, of rotating the input by g and back: what interpolating the grid
     alone costs, for a module that is equivariant by construction (the identity)."""
-    back = x.transform(g).transform(~g).tensor
+    back = act(act(x, in_type, g, True, False), in_type, ~g, True, False)
     mask = _centre_mask(back)
-    return _errors(back * mask, x.tensor * mask)[1]
+    return _errors(back * mask, x * mask)[1]
 
 
 def _holds_float32_bases(module: Any) -> bool:
@@ -260,11 +263,16 @@ def check_escnn(
     grad: bool = False,
     interpolation_rtol: float | None = None,
     x: torch.Tensor | None = None,
+    layer: bool = False,
 ) -> list[CheckResult]:
     r"""Every check of the module docstring for an escnn ``EquivariantModule``: for each element :math:`g` the error
     :math:`\max|f(g x) - g f(x)|` with :math:`g` acting on the fibers, on the whole field (exact grid symmetries) or
     by interpolation (other rotations, inside the centre disc), and :math:`\max|f(x)_n - f(x_n)|` for batch
-    independence."""
+    independence.
+
+    ``layer``: one layer of a checked model, where what adds nothing is left out: the interpolated rotations (reported
+    for the whole model, judged by no tolerance) and, for a pointwise layer, the grid symmetries (its fiber check and
+    its indifference to shuffled positions imply them)."""
     from escnn.nn import GeometricTensor
 
     from ..escnn import grid_elements, is_grid_symmetry, sample_elements
@@ -292,37 +300,38 @@ def check_escnn(
             module = original.to(dtype).train(mode == "train")
             with torch.no_grad():
                 pointwise = not _mixes_positions(run, x, tolerance)
-                y = GeometricTensor(run(x), out_type) if out_type is not None else Invariant(run(x))
-                results.append(_output_check(y.tensor, mode, tolerance))
-                gx = GeometricTensor(x, in_type)
+                y = run(x)
+                results.append(_output_check(y, mode, tolerance))
+                types = (in_type, out_type)
                 if pointwise or gspace.dimensionality == 0:
                     check = CheckResult("fiber equivariance", mode, tolerance=tolerance)
-                    results.append(_compare(run, gx, y, check, elements, False, tolerance))
+                    fiber = elements + [g for g in grid if g not in elements]  # the grid's too: see ``layer``
+                    results.append(_compare(run, x, y, types, check, fiber, False, tolerance))
                 else:
                     note = (
                         "the module mixes positions (convolution), so the fiber action alone is no symmetry; the grid "
                         "checks below are exact"
                     )
                     results.append(CheckResult("fiber equivariance", mode, note=note))
-                if grid:
+                if grid and not (layer and pointwise):
                     note = (
                         "float64 compared at float32 tolerances: escnn samples its filter bases in float32"
                         if grid_tolerance is not tolerance
                         else ""
                     )
                     check = CheckResult("grid symmetries (exact)", mode, note=note, tolerance=grid_tolerance)
-                    results.append(_compare(run, gx, y, check, grid, True, grid_tolerance))
-                if interpolated:
+                    results.append(_compare(run, x, y, types, check, grid, True, grid_tolerance))
+                if interpolated and not layer:
                     note = (
                         "rotating a grid by these angles interpolates; compared inside the centre disc next to the "
                         "baseline (the input rotated and back), reported, not failed, unless asked"
                     )
                     interp_tol = None if interpolation_rtol is None else Tolerance(0.0, interpolation_rtol)
                     check = CheckResult("interpolated rotations", mode, note=note, tolerance=interp_tol)
-                    mask = _centre_mask(y.tensor) if y.tensor.dim() > 2 else None
-                    results.append(_compare(run, gx, y, check, interpolated, True, interp_tol, mask))
+                    mask = _centre_mask(y) if y.dim() > 2 else None
+                    results.append(_compare(run, x, y, types, check, interpolated, True, interp_tol, mask, False))
                     for m, g in zip(check.measurements, interpolated, strict=True):
-                        m.baseline = _interpolation_baseline(gx, g)
+                        m.baseline = _interpolation_baseline(x, in_type, g)
                 batch_required = mode == "eval" or not _contains_batch_norm(module)
                 note = "" if batch_required else "reported only: the module holds a batch norm in train mode"
                 results.append(_batch_check(run, x, mode, tolerance if batch_required else None, note))
@@ -347,13 +356,7 @@ def _gradient_check(
     gen: torch.Generator,
 ) -> CheckResult:
     """The input gradient of <f(x), v> transforms like x: grad(g x, g v) = g grad(x, v)."""
-    from escnn.nn import GeometricTensor
-
     in_type, out_type = module.in_type, module.out_type
-
-    def act(t: torch.Tensor, field_type: Any, g: Any) -> torch.Tensor:
-        gt = GeometricTensor(t, field_type) if field_type is not None else Invariant(t)
-        return (gt.transform(g) if whole else gt.transform_fibers(g)).tensor
 
     def input_grad(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         t = t.clone().requires_grad_()
@@ -365,8 +368,8 @@ def _gradient_check(
     base = input_grad(x, v)
     check = CheckResult("gradient equivariance", mode, tolerance=tolerance)
     for g in elements:
-        got = input_grad(act(x, in_type, g), act(v, out_type, g))
-        check.measurements.append(_measure(element_label(g), got, act(base, in_type, g), tolerance))
+        got = input_grad(act(x, in_type, g, whole), act(v, out_type, g, whole))
+        check.measurements.append(_measure(element_label(g), got, act(base, in_type, g, whole), tolerance))
     return check
 
 

@@ -150,7 +150,7 @@ def check_layers(
         e3nn = _is_e3nn(module)
         if kwargs and not e3nn:
             continue  # an escnn module takes one GeometricTensor
-        extra = {"inputs": kwargs} if e3nn else {}
+        extra = {"inputs": kwargs} if e3nn else {"layer": True}
         results: list[CheckResult] = []
         # the recorded input, and random data of exactly its shape: never a call the model does not make
         for source, data in (("random input", _random_like(x, seed)), ("the model's features", x)):

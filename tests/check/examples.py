@@ -31,21 +31,29 @@ class WideBasic(nn.EquivariantModule):
         return self.conv2.evaluate_output_shape(self.conv1.evaluate_output_shape(shape))
 
 
-def e2wrn_trunk(width: int = 2) -> nn.SequentialModule:
-    """A D4 wide ResNet trunk in the structure of escnn's e2wrn example (two stages of two blocks), seeded."""
+def e2wrn_trunk(width: int = 2, order: int = 4, stages: tuple[int, ...] = (1, 2), first: int | None = None):
+    """A D<order> wide ResNet trunk in the structure of escnn's e2wrn example: a conv, then per stage two residual
+    blocks of ``width * k`` regular fields (the first strided from the second stage on), a last norm and ReLU; seeded,
+    with running statistics as after training. The default is small; :func:`e2wrn16_d8` is of a real trunk's size."""
     torch.manual_seed(0)
-    gs = gspaces.flipRot2dOnR2(4)
+    gs = gspaces.flipRot2dOnR2(order)
     image = nn.FieldType(gs, 3 * [gs.trivial_repr])
-    stages = [nn.FieldType(gs, width * k * [gs.regular_repr]) for k in (1, 2)]
-    layers = [nn.R2Conv(image, stages[0], 3, padding=1, bias=False)]
-    current = stages[0]
-    for stage, stride in zip(stages, (1, 2), strict=True):
-        layers += [WideBasic(current, stage, stage, stride), WideBasic(stage, stage, stage)]
+    types = [nn.FieldType(gs, width * k * [gs.regular_repr]) for k in stages]
+    current = types[0] if first is None else nn.FieldType(gs, first * [gs.regular_repr])
+    layers = [nn.R2Conv(image, current, 3, padding=1, bias=False)]
+    for i, stage in enumerate(types):
+        layers += [WideBasic(current, stage, stage, 1 if i == 0 else 2), WideBasic(stage, stage, stage)]
         current = stage
     layers += [nn.InnerBatchNorm(current), nn.ReLU(current, inplace=True)]
     model = nn.SequentialModule(*layers)
     _settle_running_statistics(model, torch.randn(8, 3, 17, 17))
     return model
+
+
+def e2wrn16_d8():
+    """e2wrn's WRN-16-4 trunk on D8 (regular fields of 16 channels: 64, 128 and 256 channels per stage), 115k
+    parameters: the size benchmarks/RESULTS.md times eqnorm-check on."""
+    return e2wrn_trunk(width=4, order=8, stages=(1, 2, 4), first=1)
 
 
 def _settle_running_statistics(model: torch.nn.Module, x: torch.Tensor) -> None:
