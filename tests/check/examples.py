@@ -158,3 +158,56 @@ def c8_notebook_converted():
 
 def se3_converted():
     return _converted(se3_cnn(), norm="layer")
+
+
+class GraphEnergy(torch.nn.Module):
+    """An e3nn model on graphs: Linear, a per-graph eqnorm group norm, a tensor product of the features with
+    themselves to scalars (so that the vectors count), summed per graph to one energy per graph; plain tensors in
+    (node features and the graph index), plain tensors out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from e3nn import o3
+
+        from eqnorm.e3nn import IrrepsGroupNorm
+
+        torch.manual_seed(0)
+        self.first = o3.Linear("4x0e+2x1o", "4x0e+4x1o")
+        self.norm = IrrepsGroupNorm("4x0e+4x1o", group_by="irrep", over="graph")
+        self.last = o3.FullyConnectedTensorProduct("4x0e+4x1o", "4x0e+4x1o", "2x0e")
+
+    def forward(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        num_graphs = int(batch.max()) + 1
+        h = self.norm(self.first(x), batch=batch, num_graphs=num_graphs)
+        h = self.last(h, h)
+        return torch.zeros(num_graphs, h.shape[1], dtype=h.dtype).index_add_(0, batch, h)
+
+
+def graph_energy(broken: bool = False):
+    """GraphEnergy as a whole: node features of 4x0e+2x1o in, invariant energies per graph out, three graphs."""
+    from eqnorm.check import WholeModel
+
+    model = GraphEnergy()
+    if broken:
+        model.first = _VectorShift(model.first)
+    batch = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    return WholeModel(
+        model, irreps_in="4x0e+2x1o", irreps_out="invariant", input=torch.randn(9, 10), inputs={"batch": batch}
+    )
+
+
+class _VectorShift(torch.nn.Module):
+    """A layer followed by a constant shift of its first vector: breaks rotation equivariance."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.irreps_in, self.irreps_out = inner.irreps_in, inner.irreps_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        return torch.cat([y[:, :4], y[:, 4:7] + 1.0, y[:, 7:]], dim=1)
+
+
+def graph_energy_broken():
+    return graph_energy(broken=True)

@@ -95,3 +95,13 @@ def test_models_copy_deepcopy_refuses_are_left_bit_identical(factory):
     assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
     assert all(torch.equal(m.filter, filters[n]) for n, m in model.named_modules() if hasattr(m, "filter"))
     assert torch.equal(model(x).tensor, y)
+
+
+def test_whole_e3nn_model_with_graph_inputs_and_energies_per_graph(capsys):
+    code, out = check(capsys, "graph_energy")
+    assert code == 0, out.out + out.err
+    assert "graph independence [eval]: passed" in out.out  # one energy per graph, graphs kept apart
+    assert "model.norm               IrrepsGroupNorm" in out.out
+    code, out = check(capsys, "graph_energy_broken")
+    last = out.out.strip().splitlines()[-1]
+    assert code == 1 and "first failing layer 'model.first' (_VectorShift)" in last
