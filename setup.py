@@ -1,7 +1,8 @@
 """Builds eqnorm._C, the compiled kernels: C++ on the CPU, plus CUDA where the torch build and the CUDA toolkit allow.
 
-Build against the torch you will run with: ``pip install --no-build-isolation .`` (an isolated build environment
-would compile against whatever torch it downloads, and the extension would not load beside yours).
+Build against the torch you will run with: ``pip install --no-build-isolation .``. torch is no build requirement:
+an isolated build environment would compile against whatever torch it downloads, for half an hour, and the extension
+would not load beside yours, so such a build stops at once, saying the command to use. An sdist needs no torch.
 
 A failed build fails the install with the compiler's error. Environment variables:
 
@@ -9,10 +10,14 @@ A failed build fails the install with the compiler's error. Environment variable
   ``import eqnorm`` warns once, saying why.
 - ``EQNORM_NO_EXTENSION=1``: do not build the extension at all (pure-PyTorch kernels, with the same warning).
 - ``EQNORM_CUDA=1`` / ``EQNORM_CUDA=0``: force the CUDA kernels on (an error if they cannot be built) or off.
+- ``EQNORM_DEBUG=1``: keep debug information (release builds are compiled with ``-g0`` and stripped).
 """
 
+import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -41,9 +46,46 @@ def cuda_toolkit_ready() -> bool:
     return bool(home and nvcc and os.path.exists(nvcc) and (Path(home) / "include" / "cuda_runtime_api.h").exists())
 
 
+#: setup.py commands that compile nothing: an sdist, and the metadata pip asks for before it builds
+METADATA_ONLY = {"sdist", "egg_info", "dist_info", "--name", "--version", "check"}
+
+
+def installed_torch() -> str | None:
+    """The torch version of the environment this build installs into, seen from outside pip's isolated build
+    environment (which hides it), or None."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONNOUSERBASE")}
+    probe = "import importlib.metadata as m; print(m.version('torch'))"
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def no_torch_to_build_against() -> SystemExit:
+    """The error of a build with no torch in sight: pip's build isolation, or torch not installed yet."""
+    found = installed_torch()
+    if found:
+        why = (
+            f"pip built eqnorm in an isolated environment without the torch {found} you have; the kernels must "
+            "compile against that torch"
+        )
+    else:
+        why = "torch is not installed; the kernels compile against the torch you will run with, so install it first"
+    return SystemExit(
+        f"eqnorm-layers: {why}. Install with:\n\n"
+        "    pip install --no-build-isolation 'eqnorm-layers[e3nn]'   # or [escnn], [all]\n\n"
+        "(EQNORM_NO_EXTENSION=1 installs the pure-PyTorch kernels only, with no build.)"
+    )
+
+
 def extension_modules() -> list:
     if os.environ.get("EQNORM_NO_EXTENSION") == "1":
         return []
+    if importlib.util.find_spec("torch") is None:
+        if METADATA_ONLY.intersection(sys.argv[1:]):
+            return []
+        raise no_torch_to_build_against()
     import torch
     from torch.utils import cpp_extension
 
@@ -65,8 +107,11 @@ def extension_modules() -> list:
         )
     use_cuda = can_cuda if flag is None else flag == "1"
     std = cxx_standard(torch.__version__)
-    cxx = ["-O3", std, "-fopenmp"]  # at::parallel_for is OpenMP in the header
-    options = {"include_dirs": [str(ROOT / "csrc")], "extra_link_args": ["-fopenmp"]}
+    # no debug information in what is installed (Python's own flags carry -g: 21 MB of it); EQNORM_DEBUG=1 keeps it
+    release = os.environ.get("EQNORM_DEBUG") != "1"
+    cxx = ["-O3", std, "-fopenmp", *(["-g0"] if release else [])]  # at::parallel_for is OpenMP in the header
+    link = ["-fopenmp", *(["-s"] if release else [])]
+    options = {"include_dirs": [str(ROOT / "csrc")], "extra_link_args": link}
     if use_cuda:
         kernels = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
         sources += ["csrc/cuda_binding.cpp", *kernels]
@@ -90,8 +135,8 @@ def build_ext_class() -> dict:
             super().run()
 
     commands: dict = {"build_py": BuildPy}
-    if os.environ.get("EQNORM_NO_EXTENSION") == "1":
-        return commands
+    if os.environ.get("EQNORM_NO_EXTENSION") == "1" or importlib.util.find_spec("torch") is None:
+        return commands  # nothing to compile (extension_modules has stopped a build that needed torch)
     from torch.utils.cpp_extension import BuildExtension
 
     optional = os.environ.get("EQNORM_OPTIONAL_EXTENSION") == "1"

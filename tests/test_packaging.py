@@ -45,8 +45,11 @@ def test_e3nn_side_works_without_escnn():
     assert "pip install 'eqnorm-layers[escnn]'" in out.stdout
 
 
-def test_check_command_without_escnn_names_the_extra_and_exits_2():
-    out = run_python(BLOCK_ESCNN + "from eqnorm._cli_entry import main\nraise SystemExit(main())")
+def test_check_command_without_escnn_helps_and_names_the_extra_for_escnn_jobs():
+    run = BLOCK_ESCNN + "from eqnorm.check._cli import main\nraise SystemExit(main(sys.argv[1:]))"
+    out = run_python(run, "--help")
+    assert out.returncode == 0 and "usage: eqnorm-check" in out.stdout
+    out = run_python(run)  # the default model is an escnn CNN
     assert out.returncode == 2
     assert "eqnorm-layers[escnn]" in out.stderr and "Traceback" not in out.stderr
 
@@ -63,10 +66,12 @@ def test_readme_python_block_runs_as_written(index):
     assert out.returncode == 0, out.stderr[-3000:]
 
 
-def test_sdist_carries_every_kernel_source_and_its_wheel_the_extension(tmp_path):
+def test_sdist_builds_without_torch_and_carries_the_kernels_and_the_tests(tmp_path):
+    """Built in pip's isolated environment (setuptools and wheel only, no torch), as `python -m build --sdist` does;
+    then a wheel from it, against this environment's torch."""
     pytest.importorskip("build")
     sdist = subprocess.run(
-        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp_path), str(ROOT)],
         capture_output=True,
         text=True,
     )
@@ -76,7 +81,10 @@ def test_sdist_carries_every_kernel_source_and_its_wheel_the_extension(tmp_path)
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     sources = {str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob("*") if p.is_file()}
     assert sources and sources <= names, sorted(sources - names)
-    assert {"LICENSE", "setup.py", "pyproject.toml", "MANIFEST.in"} <= names
+    assert {"LICENSE", "setup.py", "pyproject.toml", "MANIFEST.in", "conftest.py"} <= names
+    tests = {str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("*.py") if "__pycache__" not in p.parts}
+    assert tests <= names, sorted(tests - names)  # helpers and adapter folders: the suite runs from the sdist
+    assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
     wheel = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w", str(tmp_path), str(archive)],
         capture_output=True,
@@ -88,3 +96,26 @@ def test_sdist_carries_every_kernel_source_and_its_wheel_the_extension(tmp_path)
         members = zf.namelist()
     assert any(re.fullmatch(r"eqnorm/_C(\..*)?\.so", m) for m in members), members
     assert "eqnorm/_extension_missing.txt" not in members
+    with zipfile.ZipFile(built) as zf:
+        (library,) = (m for m in members if re.fullmatch(r"eqnorm/_C(\..*)?\.so", m))
+        assert zf.getinfo(library).file_size < 4 << 20  # a release build: no debug information (21 MB with it)
+
+
+def test_isolated_build_stops_at_once_with_the_command_to_use(tmp_path):
+    """pip's default, build isolation, would compile against a torch it downloads: the build stops before that,
+    naming the torch installed here and the command that builds against it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and not list(tmp_path.glob("*.whl")), out[-3000:]
+    assert f"without the torch {torch_version()} you have" in out and "pip install --no-build-isolation" in out
+
+
+def torch_version() -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version("torch")

@@ -30,6 +30,7 @@ import torch
 
 from ._checks import CheckResult, Tolerance, check_e3nn, check_escnn, e3nn_input, escnn_input, restored
 from ._layers import LayerReport, check_layers
+from .._optional import ESCNN_EXTRA, escnn_available
 from ._spaces import FIELD_NAMES, UsageError, field_type, gspace
 from ._whole import WholeModel
 
@@ -105,7 +106,8 @@ def _import_factory(target: str) -> Any:
     except UsageError:
         raise
     except Exception as error:
-        raise UsageError(f"could not import {location!r}: {type(error).__name__}: {error}") from None
+        hint = f" ({ESCNN_EXTRA})" if isinstance(error, ImportError) and "escnn" in str(error) else ""
+        raise UsageError(f"could not import {location!r}: {type(error).__name__}: {error}{hint}") from None
     factory = getattr(mod, name, None)
     if not callable(factory):
         raise UsageError(f"{location!r} has no callable {name!r}")
@@ -118,6 +120,9 @@ def _import_factory(target: str) -> Any:
 def _target(args: argparse.Namespace, notes: list[str]) -> tuple[Any, Any, str]:
     if args.layer and args.target:
         raise UsageError("give either a target or --layer, not both")
+    if not args.target and not escnn_available():  # e3nn targets need no escnn; the layers and default model do
+        what = "--layer builds an escnn layer" if args.layer else "the built-in default model is an escnn CNN"
+        raise UsageError(f"{what}, and escnn is not installed: {ESCNN_EXTRA}")
     if args.layer:
         return _layer(args, notes), None, f"eqnorm layer --layer {args.layer}"
     if args.target:
@@ -387,8 +392,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     wants_json = "--json" in (sys.argv[1:] if argv is None else argv)
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
-        from .._optional import escnn_available
-
         if escnn_available():
             import eqnorm.escnn  # noqa: F401  (escnn's scikit-learn workaround, before user code builds a group)
         report = run_checks(parser().parse_args(argv))

@@ -259,7 +259,7 @@ def test_factory_from_the_current_directory_builds_d4_before_eqnorm(tmp_path):
         "def factory():\n"
         "    return conv\n"
     )
-    script = "import sys; from eqnorm._cli_entry import main; sys.exit(main())"
+    script = "import sys; from eqnorm.check._cli import main; sys.exit(main())"
     done = subprocess.run(
         [sys.executable, "-c", script, "d4model:factory", "--samples", "2", "--mode", "eval", "--no-layers"],
         cwd=tmp_path,
