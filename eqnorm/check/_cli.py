@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
+from .._optional import ESCNN_EXTRA, escnn_available
 from ._checks import CheckResult, Tolerance, check_e3nn, check_escnn, e3nn_input, escnn_input, restored
 from ._layers import LayerReport, check_layers
-from .._optional import ESCNN_EXTRA, escnn_available
 from ._spaces import FIELD_NAMES, UsageError, field_type, gspace
 from ._whole import WholeModel
 
