@@ -25,6 +25,10 @@ from setuptools import setup
 ROOT = Path(__file__).parent
 #: written next to the package when the extension is skipped or its build fails, read by ``import eqnorm``
 BUILD_NOTE = "eqnorm/_extension_missing.txt"
+#: the torch the extension was compiled against, read by ``import eqnorm`` when the extension does not load
+BUILT_WITH = "eqnorm/_built_with.txt"
+#: the torch releases tested (scripts/dev.sh test with 2.13, the op, tracing and e3nn tests with 2.15)
+TORCH_RANGE = "torch>=2.13"
 
 
 def cxx_standard(torch_version: str) -> str:
@@ -74,7 +78,8 @@ def no_torch_to_build_against() -> SystemExit:
         why = "torch is not installed; the kernels compile against the torch you will run with, so install it first"
     return SystemExit(
         f"eqnorm-layers: {why}. Install with:\n\n"
-        "    pip install --no-build-isolation 'eqnorm-layers[e3nn]'   # or [escnn], [all]\n\n"
+        "    pip install --no-build-isolation 'eqnorm-layers[e3nn]'\n"
+        "    pip install escnn 'numpy<2' && pip install --no-build-isolation 'eqnorm-layers[escnn]'   # or [all]\n\n"
         "(EQNORM_NO_EXTENSION=1 installs the pure-PyTorch kernels only, with no build.)"
     )
 
@@ -122,6 +127,17 @@ def extension_modules() -> list:
     return [cpp_extension.CppExtension("eqnorm._C", sources, extra_compile_args=cxx, **options)]
 
 
+def torch_requirement() -> str:
+    """What the built distribution needs: the torch minor release its kernels were compiled against (torch's C++
+    ABI changes between minor releases), or the tested range when nothing is compiled."""
+    if os.environ.get("EQNORM_NO_EXTENSION") == "1" or importlib.util.find_spec("torch") is None:
+        return TORCH_RANGE
+    import torch
+
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return f"torch>={major}.{minor},<{major}.{minor + 1}"
+
+
 def build_ext_class() -> dict:
     from setuptools.command.build_py import build_py
 
@@ -157,9 +173,19 @@ def build_ext_class() -> dict:
                 return
             for note in notes:
                 note.unlink(missing_ok=True)
+            import torch
+
+            for built in (ROOT / BUILT_WITH, Path(self.build_lib) / BUILT_WITH):
+                if built.parent.exists():
+                    built.write_text(f"{torch.__version__}\n")
 
     commands["build_ext"] = NoteBuildExtension
     return commands
 
 
-setup(ext_modules=extension_modules(), cmdclass=build_ext_class())
+setup(
+    ext_modules=extension_modules(),
+    cmdclass=build_ext_class(),
+    install_requires=[torch_requirement(), "numpy"],
+    package_data={"eqnorm": ["_built_with.txt", "_extension_missing.txt"]},
+)

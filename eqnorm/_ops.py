@@ -43,12 +43,15 @@ try:
     _EXTENSION = True
 except ImportError as error:
     _EXTENSION = False
-    _note = Path(__file__).with_name("_extension_missing.txt")
+    _note, _built = (Path(__file__).with_name(name) for name in ("_extension_missing.txt", "_built_with.txt"))
     _why = _note.read_text().strip() if _note.exists() else f"eqnorm._C does not import: {error}"
+    if _built.exists() and _built.read_text().strip() != torch.__version__:
+        _why += f"; it was compiled against torch {_built.read_text().strip()}, and this is torch {torch.__version__}"
     if not _FORCE_TORCH:
         warnings.warn(
             f"eqnorm: the compiled kernels are missing ({_why}); the pure-PyTorch kernels run instead, slower. "
-            "Reinstall with `pip install --no-build-isolation` to build them against the installed torch, or set "
+            "Reinstall with `pip install --no-build-isolation 'eqnorm-layers[...]'` to build them against the "
+            "installed torch, or set "
             "EQNORM_BACKEND=torch to choose the pure-PyTorch kernels on purpose.",
             RuntimeWarning,
             stacklevel=2,

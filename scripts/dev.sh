@@ -8,6 +8,10 @@
 #   scripts/dev.sh clients      the tests inside real client packages: mace-torch (which pins e3nn 0.4.4) in
 #                               .venv-clients, nequip in .venv-nequip, both beside .venv, with the kernels .venv built
 #   scripts/dev.sh docs    build the documentation site into docs/_build/html (warnings are errors)
+#   scripts/dev.sh wheel   an sdist (built without torch) and a wheel from it into dist/, compiled against .venv's
+#                          torch (CUDA kernels too where nvcc and a CUDA torch are present); the wheel pins that torch
+#   scripts/dev.sh install-check   the README's install commands for each kind of user, each in a throw-away
+#                          virtualenv: e3nn and escnn users from the sdist, everything from the wheel; smoke tests
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -75,6 +79,53 @@ case "$job" in
     PYTHONPATH="$root" TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 "$root/.venv-clients/bin/python" -m pytest -q \
       -p no:cacheprovider tests/clients/test_mace.py tests/e3nn tests/test_transforms.py "$@"
     PYTHONPATH="$root" exec "$root/.venv-nequip/bin/python" -m pytest -q -p no:cacheprovider tests/clients/test_nequip.py "$@" ;;
+  wheel)
+    rm -rf dist
+    "$py" -m build --sdist --outdir dist . >/dev/null
+    "$py" -m pip wheel --disable-pip-version-check --no-build-isolation --no-deps -q -w dist dist/eqnorm_layers-*.tar.gz
+    ls dist ;;
+  install-check)
+    "$0" wheel >/dev/null
+    sdist=$(ls "$root"/dist/eqnorm_layers-*.tar.gz)
+    wheel=$(ls "$root"/dist/eqnorm_layers-*.whl)
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    fresh() {  # a virtualenv with torch and numpy, as the README's first command leaves it
+      "$(command -v python3.11 || command -v python3)" -m venv "$tmp/$1"
+      "$tmp/$1/bin/pip" install -q --disable-pip-version-check "$torch_pin" numpy
+    }
+    smoke() {  # the installed eqnorm (not this checkout's): compiled kernels that match the pure-PyTorch ones, and
+      # the extras of its kind; escnn kinds run the checker on its default model
+      (cd "$tmp" && "$tmp/$1/bin/python" - "$1" <<'PY'
+import sys, torch, eqnorm
+from eqnorm import FieldLayout, FieldNorm, _ops
+kind = sys.argv[1]
+assert "site-packages" in eqnorm.__file__, eqnorm.__file__  # the installed package, not a checkout
+assert eqnorm.kernel_backend("cpu") == "cpp", "the compiled kernels did not load"
+norm = FieldNorm(FieldLayout.scalars(8, 2)).double()
+x = torch.randn(2, 8, 5, dtype=torch.float64, requires_grad=True)
+want = _ops.torch_field_norm(x.flatten(2), norm.weight, norm.bias, norm.layout_tensors, None, False, False, 1e-5)
+torch.testing.assert_close(norm(x), want[0].view_as(x))
+if kind in ("escnn", "all"):
+    from escnn import gspaces, nn
+    gs = gspaces.rot2dOnR2(4)
+    eqnorm.FieldGroupNorm(nn.FieldType(gs, 2 * [gs.regular_repr]), 2)
+if kind in ("e3nn", "all"):
+    from eqnorm.e3nn import IrrepsGroupNorm
+    IrrepsGroupNorm("4x0e+2x1o", 2)(torch.randn(3, 10)).sum().backward()
+print(f"install-check {kind}: eqnorm from {eqnorm.__file__}, kernels {eqnorm.kernel_backend('cpu')}, torch {torch.__version__}")
+PY
+      )
+      if [ "$1" != e3nn ]; then (cd "$tmp" && "$tmp/$1/bin/eqnorm-check" --samples 2 --mode eval | tail -n 1); fi
+    }
+    echo "install-check: e3nn users, from the sdist as the README writes it" >&2
+    fresh e3nn && "$tmp/e3nn/bin/pip" install -q --no-build-isolation "$sdist[e3nn]" && smoke e3nn
+    echo "install-check: escnn users, from the sdist as the README writes it" >&2
+    fresh escnn && "$tmp/escnn/bin/pip" install -q "escnn>=1.0.11" "numpy<2" &&
+      "$tmp/escnn/bin/pip" install -q --no-build-isolation "$sdist[escnn]" && smoke escnn
+    echo "install-check: everything, from the wheel (no compiler: seconds)" >&2
+    fresh all && start=$(date +%s) && "$tmp/all/bin/pip" install -q "$wheel[all]" &&
+      echo "wheel installed with everything in $(($(date +%s) - start)) s" && smoke all ;;
   cuda-check)
     tmp=$(mktemp -d)
     for source in csrc/cuda/*.cu; do
@@ -92,5 +143,6 @@ case "$job" in
       -I"$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" csrc/cuda_binding.cpp
     echo "g++: csrc/cuda_binding.cpp compiles against torch's and the toolkit's headers"
     rm -rf "$tmp" ;;
-  *) echo "usage: scripts/dev.sh [check|test|bench|lint|docs|cuda-check|clients|setup] [args...]" >&2; exit 2 ;;
+  *) echo "usage: scripts/dev.sh [check|test|bench|lint|docs|wheel|install-check|cuda-check|clients|setup] [args...]" >&2
+     exit 2 ;;
 esac

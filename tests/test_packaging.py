@@ -99,6 +99,12 @@ def test_sdist_builds_without_torch_and_carries_the_kernels_and_the_tests(tmp_pa
     with zipfile.ZipFile(built) as zf:
         (library,) = (m for m in members if re.fullmatch(r"eqnorm/_C(\..*)?\.so", m))
         assert zf.getinfo(library).file_size < 4 << 20  # a release build: no debug information (21 MB with it)
+        metadata = zf.read(next(m for m in members if m.endswith(".dist-info/METADATA"))).decode()
+        built_with = zf.read("eqnorm/_built_with.txt").decode().strip()
+    # the wheel states the torch it works with: the minor release its kernels were compiled against
+    major, minor = (int(part) for part in torch_version().split(".")[:2])
+    assert f"Requires-Dist: torch<{major}.{minor + 1},>={major}.{minor}" in metadata, metadata
+    assert built_with == __import__("torch").__version__
 
 
 def test_isolated_build_stops_at_once_with_the_command_to_use(tmp_path):
