@@ -13,7 +13,7 @@ namespace eqnorm {
 
 using Stats = std::tuple<at::Tensor, at::Tensor>;
 
-// The four passes over x of one device (DESIGN section 2).
+// The four passes over x of one device (docs/kernels.rst, "Four passes, one small function").
 struct Passes {
   Stats (*moments)(const at::Tensor& x, bool last, const std::optional<at::Tensor>& ptr);
   at::Tensor (*affine)(const at::Tensor& x, const at::Tensor& a, const at::Tensor& beta, bool last,

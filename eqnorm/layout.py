@@ -157,7 +157,7 @@ class FieldLayout:
     Channel ``c`` of the input belongs to field ``i``, whose representation is
     :math:`\rho_i(g) = Q_i \left(\bigoplus_k \psi_k(g)\right) Q_i^\top` with orthogonal :math:`Q_i`. Every field belongs
     to exactly one group :math:`\gamma`. The layout precomputes the linear centering operator
-    :math:`\mathrm{cen} = K m` of DESIGN section 1:
+    :math:`\mathrm{cen} = K m` (docs/theory.rst):
 
     - ``"trivial"``: :math:`K` averages, within each group, the coordinates of :math:`Q_i^\top m_i` on trivial irreps
       and maps the mean back with :math:`Q_i`;

@@ -1,4 +1,4 @@
-"""A float64 reference for equivariant group normalization, written straight from DESIGN section 1.
+"""A float64 reference for equivariant group normalization, written straight from "What a layer computes" in docs/theory.rst.
 
 It works in the irrep basis: z_i = Q_i^T x_i, explicit per-group means of the centered irrep coordinates, the variance
 as the mean square of the centered coordinates (Q_i orthogonal), then back with Q_i. It shares no code with eqnorm.

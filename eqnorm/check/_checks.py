@@ -1,7 +1,7 @@
 r"""Equivariance checks of escnn and e3nn modules, as data: each check lists, per group element, the error
 :math:`\max |f(g x) - g f(x)|` and its size relative to :math:`\max |g f(x)|`.
 
-What is exact and what is not (DESIGN section 4):
+What is exact and what is not (docs/theory.rst, "Exact identities" and "What is only approximate"):
 
 - the fiber action alone (channels transformed, positions untouched) is a symmetry of pointwise modules, such as
   normalization layers and nonlinearities, and must hold to rounding for every group element;
