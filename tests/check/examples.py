@@ -120,6 +120,28 @@ def se3_cnn() -> nn.SequentialModule:
     return model
 
 
+def octahedral_cnn() -> nn.SequentialModule:
+    """An octahedral CNN as escnn's 3D examples build one: R3Conv to regular fields of the octahedral group (24
+    channels each), InnerBatchNorm, ReLU, a second convolution, group pooling; every element is a grid symmetry."""
+    torch.manual_seed(0)
+    gs = gspaces.octaOnR3()
+    scalars = nn.FieldType(gs, [gs.trivial_repr])
+    hidden = nn.FieldType(gs, 2 * [gs.regular_repr])
+    model = nn.SequentialModule(
+        nn.R3Conv(scalars, hidden, 3, padding=1, bias=False),
+        nn.InnerBatchNorm(hidden),
+        nn.ReLU(hidden, inplace=True),
+        nn.R3Conv(hidden, hidden, 3, padding=1, bias=False),
+        nn.GroupPooling(hidden),
+    )
+    _settle_running_statistics(model, torch.randn(4, 1, 7, 7, 7))
+    return model
+
+
+def octahedral_converted():
+    return _converted(octahedral_cnn())
+
+
 def invariant_classifier():
     """The classifier as a whole, for eqnorm-check: its input's field type, invariant class scores out."""
     from eqnorm.check import WholeModel

@@ -21,7 +21,16 @@ def check(capsys, factory, *argv):
 
 @pytest.mark.parametrize(
     "factory",
-    ["e2wrn_trunk", "e2wrn_converted", "c8_notebook_cnn", "c8_notebook_converted", "se3_cnn", "se3_converted"],
+    [
+        "e2wrn_trunk",
+        "e2wrn_converted",
+        "c8_notebook_cnn",
+        "c8_notebook_converted",
+        "se3_cnn",
+        "se3_converted",
+        "octahedral_cnn",
+        "octahedral_converted",
+    ],
 )
 def test_escnn_example_models_pass_unconverted_and_converted(capsys, factory):
     code, out = check(capsys, factory)
@@ -36,6 +45,8 @@ def test_escnn_example_models_pass_unconverted_and_converted(capsys, factory):
         "c8_notebook_converted": "FieldBatchNorm",
         "se3_cnn": "IIDBatchNorm3d",
         "se3_converted": "FieldLayerNorm",
+        "octahedral_cnn": "InnerBatchNorm",
+        "octahedral_converted": "FieldGroupNorm",
     }
     assert f" {norm[factory]} " in layers  # the norms are among the layers checked
 
