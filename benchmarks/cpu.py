@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from _timing import seconds_per_call
 from e3nn import nn as e3nn_nn
 from e3nn import o3
 from escnn import group, gspaces
@@ -80,11 +80,12 @@ def candidates(case: Case) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
 
 
 def time_once(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, backward: bool) -> float:
-    start = time.perf_counter()
-    y = fn(x)
-    if backward:
-        y.backward(torch.ones_like(y))
-    return time.perf_counter() - start
+    def run() -> None:
+        y = fn(x)
+        if backward:
+            y.backward(torch.ones_like(y))
+
+    return seconds_per_call(run, min_run_time=0.0)  # one block: the large cases run for milliseconds a call
 
 
 def measure(case: Case, rounds: int, backward: bool) -> dict[str, float]:

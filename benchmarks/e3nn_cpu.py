@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from _timing import seconds_per_call
 from e3nn import o3
 from e3nn.nn import BatchNorm
 
@@ -52,12 +52,9 @@ class ScatterIrrepsNorm(torch.nn.Module):
 
 def timed(fns: dict[str, Callable[[], torch.Tensor]], rounds: int) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(rounds + 2):
+    for _ in range(rounds):  # interleaved rounds; the timer warms each candidate up itself
         for name, fn in fns.items():
-            start = time.perf_counter()
-            fn().sum().backward()
-            if r >= 2:
-                times[name].append(time.perf_counter() - start)
+            times[name].append(seconds_per_call(lambda fn=fn: fn().sum().backward()))
     return {name: statistics.median(t) for name, t in times.items()}
 
 

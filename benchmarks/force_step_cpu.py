@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from _timing import seconds_per_call
 from e3nn import o3
 from e3nn.nn import BatchNorm
 
@@ -82,13 +82,9 @@ def main() -> None:
     inputs = data(args.atoms, args.graphs)
     runs = {name: step(Model(name), *inputs) for name in ("eqnorm", "e3nn BatchNorm")}
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for run in runs.values():
-        run()  # warm up
-    for _ in range(args.rounds):
+    for _ in range(args.rounds):  # interleaved rounds; the timer warms each candidate up itself
         for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(seconds_per_call(run))
     base = statistics.median(times["e3nn BatchNorm"])
     print(
         f"{args.graphs} graphs x {args.atoms} atoms, hidden {HIDDEN}, torch {torch.__version__}, "

@@ -1,6 +1,7 @@
 """Per-call cost of the one-op layer against torch.nn.GroupNorm on the same input, on the CPU.
 
-Each round times both candidates in turn (interleaved), each for at least 20 ms of calls, so both see the same machine
+Each round times both candidates in turn (interleaved), each for at least 20 ms of calls (``torch.utils.benchmark``'s
+``blocked_autorange``, benchmarks/_timing.py), so both see the same machine
 state; the table reports the median time of each over the rounds and the median over rounds of the ratio of the two
 times taken side by side (on a shared machine the load drifts between rounds; within a round it mostly cancels).
 Usage: ``python benchmarks/one_op_cpu.py [--rounds N]``.
@@ -10,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from _timing import seconds_per_call
 
 from eqnorm import FieldLayout, FieldNorm, kernel_backend
 
@@ -42,13 +43,13 @@ def cases() -> list[tuple[str, tuple[int, ...], Callable[[], FieldLayout], int, 
     ]
 
 
-def time_call(module: torch.nn.Module, x: torch.Tensor, backward: bool, repeat: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeat):
+def call(module: torch.nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], None]:
+    def run() -> None:
         y = module(x)
         if backward:
             y.backward(torch.ones_like(y))
-    return (time.perf_counter() - start) / repeat
+
+    return run
 
 
 def main() -> None:
@@ -64,12 +65,11 @@ def main() -> None:
         ours, theirs = FieldNorm(lay), torch.nn.GroupNorm(groups, lay.num_channels)
         if len(shape) == 2:  # point features: torch's GroupNorm wants (N, C, ...) too
             x = x.reshape(*shape)
-        once = min(time_call(module, x, backward, 1) for module in (ours, theirs) for _ in range(3))  # warm up
-        repeat = max(1, round(0.02 / once))
+        runs = {"ours": call(ours, x, backward), "theirs": call(theirs, x, backward)}
         times: dict[str, list[float]] = {"ours": [], "theirs": []}
-        for _ in range(args.rounds):
-            times["ours"].append(time_call(ours, x, backward, repeat))
-            times["theirs"].append(time_call(theirs, x, backward, repeat))
+        for _ in range(args.rounds):  # interleaved: each round's ratio sees the same machine state
+            for key, run in runs.items():
+                times[key].append(seconds_per_call(run))
         a, b = statistics.median(times["ours"]), statistics.median(times["theirs"])
         ratio = statistics.median(o / t for o, t in zip(times["ours"], times["theirs"], strict=True))
         unit, scale = ("us", 1e6) if a < 1e-3 else ("ms", 1e3)

@@ -1,4 +1,4 @@
-"""Training and evaluation loops for the example scripts: SGD with momentum, cosine decay, fixed seeds."""
+"""Training and evaluation loops for the example scripts: AdamW, cosine decay, fixed seeds."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def train(
     weight_decay: float = 5e-4,
     after_step: Callable[[], None] | None = None,
 ) -> list[float]:
-    """Train with SGD (momentum 0.9) and a cosine learning-rate decay; returns the mean loss of every epoch.
+    """Train with AdamW and a cosine learning-rate decay to 0 over all steps (``CosineAnnealingLR``); returns the mean
+    loss of every epoch.
 
     The last incomplete batch is dropped, so every step sees ``batch_size`` samples (batch norm's statistics then
     always come from exactly that many). ``after_step``, if given, is called after every optimizer step (pruning
@@ -37,7 +38,7 @@ def train(
         raise ValueError(f"batch size {batch_size} exceeds the {len(data)} training samples")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     losses: list[float] = []
     model.train()
     bar = progress(range(total), desc=desc, total=total)

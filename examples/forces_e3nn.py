@@ -52,6 +52,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.benchmark
 from _cli import distinct_style, finish, mean_std, parse_args, progress, save_figure, write_csv
 from _geometry import random_orthogonal
 from ase import Atoms, units
@@ -440,13 +441,10 @@ def nve(calculator: Any, frame: Frame, steps: int) -> list[float]:
 
 
 def median_seconds(call: Any, repeats: int) -> float:
+    """Median seconds per ``call()`` over ``repeats`` timed calls after one warm-up (``torch.utils.benchmark``)."""
+    timer = torch.utils.benchmark.Timer("call()", globals={"call": call}, num_threads=torch.get_num_threads())
     call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timer.timeit(1).mean for _ in range(max(1, repeats)))
 
 
 def deploy(model: Potential, data: dict[str, list[Frame]], out: Path, quick: bool) -> tuple[list[dict], list[dict]]:
