@@ -141,6 +141,7 @@ def test_check_equivariance_checks_and_catches_a_broken_layer():
     layer = FieldGroupNorm(ft, 4)
     results = layer.check_equivariance()
     assert len(results) == 8 + 4  # every element of C8 on the fibers, the four 90-degree turns on the grid
+    assert layer.training  # left as it was
     with torch.no_grad():
         layer.norm.bias.normal_()
     # the kernels' operators with each entry scaled at random (the bias off the trivial vectors, the centering and the
