@@ -65,6 +65,16 @@ inline void check_stat(const char* op, const char* name, const at::Tensor& t, co
 }
 
 // A parameter vector: 1D, floating, on x's device.
+// The arguments of eqnorm::affine_backward, checked alike on every device: dy like x, a, u and v per-row statistics.
+inline void check_affine_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& a, const at::Tensor& u,
+                                  const at::Tensor& v, RowShape s) {
+  const char* op = "eqnorm::affine_backward";
+  check_like(op, "dy", dy, x);
+  check_stat(op, "a", a, x, s);
+  check_stat(op, "u", u, x, s);
+  check_stat(op, "v", v, x, s);
+}
+
 inline void check_parameter(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
   TORCH_CHECK(t.dim() == 1, op, ": ", name, " must be 1D, got shape ", t.sizes());
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be floating point, got ", t.scalar_type());

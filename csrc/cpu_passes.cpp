@@ -176,10 +176,7 @@ at::Tensor affine_backward_cpu(const at::Tensor& dy_in, const at::Tensor& x_in, 
                                const std::optional<at::Tensor>& ptr) {
   const char* op = "eqnorm::affine_backward";
   const Prepared pr = prepare(op, x_in, last, ptr);
-  check_like(op, "dy", dy_in, x_in);
-  check_stat(op, "a", a_in, x_in, pr.shape);
-  check_stat(op, "u", u_in, x_in, pr.shape);
-  check_stat(op, "v", v_in, x_in, pr.shape);
+  check_affine_backward(dy_in, x_in, a_in, u_in, v_in, pr.shape);
   const at::Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
   const at::Tensor a = a_in.contiguous(), u = u_in.contiguous(), v = v_in.contiguous();
   at::Tensor dx = at::empty_like(x);

@@ -101,10 +101,7 @@ at::Tensor affine_backward_cuda(const at::Tensor& dy_in, const at::Tensor& x_in,
   const char* op = "eqnorm::affine_backward";
   const c10::cuda::CUDAGuard guard(x_in.device());
   const Launch l = prepare(op, x_in, last, ptr);
-  check_like(op, "dy", dy_in, x_in);
-  check_stat(op, "a", a_in, x_in, l.shape);
-  check_stat(op, "u", u_in, x_in, l.shape);
-  check_stat(op, "v", v_in, x_in, l.shape);
+  check_affine_backward(dy_in, x_in, a_in, u_in, v_in, l.shape);
   const at::Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
   const at::Tensor a = a_in.contiguous(), u = u_in.contiguous(), v = v_in.contiguous();
   at::Tensor dx = at::empty_like(x);

@@ -172,13 +172,11 @@ class FieldLayout:
         field_type: Any,
         num_groups: int | None = None,
         group_by: str | Sequence[int] = "contiguous",
-        centering: str = "trivial",
-        normalization: str = "component",
+        **options: Any,
     ) -> FieldLayout:
-        """Layout of an escnn ``FieldType`` (see :func:`eqnorm.readers.field_type_fields`)."""
-        return cls(
-            **field_type_fields(field_type, num_groups, group_by), centering=centering, normalization=normalization
-        )
+        """Layout of an escnn ``FieldType`` (:func:`eqnorm.readers.field_type_fields`); ``options`` (``centering``,
+        ``normalization``) as the constructor takes them."""
+        return cls(**field_type_fields(field_type, num_groups, group_by), **options)
 
     @classmethod
     def from_irreps(
@@ -186,14 +184,12 @@ class FieldLayout:
         irreps: Any,
         num_groups: int | None = None,
         group_by: str | Sequence[int] = "contiguous",
-        centering: str = "trivial",
         layout: str = "mul_ir",
-        normalization: str = "component",
+        **options: Any,
     ) -> FieldLayout:
-        """Layout of e3nn (or cuEquivariance) irreps (see :func:`eqnorm.readers.irreps_fields`)."""
-        return cls(
-            **irreps_fields(irreps, num_groups, group_by, layout), centering=centering, normalization=normalization
-        )
+        """Layout of e3nn (or cuEquivariance, ``layout="ir_mul"``) irreps (:func:`eqnorm.readers.irreps_fields`);
+        ``options`` (``centering``, ``normalization``) as the constructor takes them."""
+        return cls(**irreps_fields(irreps, num_groups, group_by, layout), **options)
 
     @classmethod
     def scalars(cls, num_channels: int, num_groups: int, centering: str = "trivial") -> FieldLayout:

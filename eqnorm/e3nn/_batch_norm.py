@@ -63,7 +63,9 @@ class IrrepsBatchNorm(BatchNormAttributes, IrrepsModule):
         self.irreps_in = self.irreps_out = parse_irreps(irreps)
         self.dim = int(self.irreps_in.dim)
         grouping = batch_grouping(num_groups, group_by)
-        fields = FieldLayout.from_irreps(self.irreps_in, num_groups, grouping, centering, layout, normalization)
+        fields = FieldLayout.from_irreps(
+            self.irreps_in, num_groups, grouping, layout, centering=centering, normalization=normalization
+        )
         self.norm = BatchFieldNorm(fields, eps, momentum, affine, track_running_stats, process_group, bias)
         self.register_buffer(
             "scalar_channels", torch.tensor(_scalar_channels(fields), dtype=torch.long), persistent=False

@@ -140,7 +140,9 @@ class IrrepsGroupNorm(IrrepsModule):
         self.over = over
         self.graph_index = graph_index
         self.dim = int(self.irreps_in.dim)  # a plain int: compiled code should not trace into Irreps
-        fields = FieldLayout.from_irreps(self.irreps_in, num_groups, group_by, centering, layout, normalization)
+        fields = FieldLayout.from_irreps(
+            self.irreps_in, num_groups, group_by, layout, centering=centering, normalization=normalization
+        )
         self.norm = FieldNorm(fields, eps, affine, bias)
 
     def forward(

@@ -72,7 +72,9 @@ class FieldBatchNorm(BatchNormAttributes, FieldModule):
         check_field_type(in_type)
         super().__init__()
         self.in_type = self.out_type = in_type
-        layout = FieldLayout.from_field_type(in_type, num_groups, batch_grouping(num_groups, group_by), centering)
+        layout = FieldLayout.from_field_type(
+            in_type, num_groups, batch_grouping(num_groups, group_by), centering=centering
+        )
         self.norm = BatchFieldNorm(layout, eps, momentum, affine, track_running_stats, process_group, bias)
 
     @property

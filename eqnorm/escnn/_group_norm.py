@@ -81,43 +81,43 @@ class FieldGroupNorm(FieldModule):
         super().__init__()
         self.in_type = in_type
         self.out_type = in_type
-        layout = FieldLayout.from_field_type(in_type, num_groups, group_by, centering)
+        layout = FieldLayout.from_field_type(in_type, num_groups, group_by, centering=centering)
         self.norm = FieldNorm(layout, eps, affine, bias)
 
 
-class FieldLayerNorm(FieldGroupNorm):
+class FixedGroupsNorm(FieldGroupNorm):
+    """A :class:`FieldGroupNorm` whose class fixes the groups (``grouping``: ``num_groups`` and ``group_by``)."""
+
+    grouping: tuple[int | None, str]
+
+    def __init__(
+        self,
+        in_type: FieldType,
+        *,
+        centering: str = "trivial",
+        eps: float = 1e-5,
+        affine: bool = True,
+        bias: bool = True,
+    ) -> None:
+        num_groups, group_by = self.grouping
+        super().__init__(in_type, num_groups, group_by=group_by, centering=centering, eps=eps, affine=affine, bias=bias)
+
+
+class FieldLayerNorm(FixedGroupsNorm):
     r"""Equivariant layer normalization: :class:`FieldGroupNorm` with all fields in one group.
 
     .. math:: y_{ncp} = \frac{w_i}{\sqrt{\sigma^2_n + \epsilon}}\,(x_{ncp} - \mathrm{cen}_{nc}) + b_c,
               \qquad \sigma^2_n = \frac{1}{PC}\sum_{c,p} (x_{ncp} - \mathrm{cen}_{nc})^2
     """
 
-    def __init__(
-        self,
-        in_type: FieldType,
-        *,
-        centering: str = "trivial",
-        eps: float = 1e-5,
-        affine: bool = True,
-        bias: bool = True,
-    ) -> None:
-        super().__init__(in_type, 1, group_by="contiguous", centering=centering, eps=eps, affine=affine, bias=bias)
+    grouping = (1, "contiguous")
 
 
-class FieldInstanceNorm(FieldGroupNorm):
+class FieldInstanceNorm(FixedGroupsNorm):
     r"""Equivariant instance normalization: :class:`FieldGroupNorm` with one field per group.
 
     .. math:: y_{ncp} = \frac{w_i}{\sqrt{\sigma^2_{ni} + \epsilon}}\,(x_{ncp} - \mathrm{cen}_{nc}) + b_c,
               \qquad \sigma^2_{ni} = \frac{1}{P d_i}\sum_{c \in i,\,p} (x_{ncp} - \mathrm{cen}_{nc})^2
     """
 
-    def __init__(
-        self,
-        in_type: FieldType,
-        *,
-        centering: str = "trivial",
-        eps: float = 1e-5,
-        affine: bool = True,
-        bias: bool = True,
-    ) -> None:
-        super().__init__(in_type, group_by="field", centering=centering, eps=eps, affine=affine, bias=bias)
+    grouping = (None, "field")
