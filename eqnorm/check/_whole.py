@@ -43,15 +43,11 @@ class WholeModel:
 
 
 class Invariant:
-    """The output of an invariant model, as a ``GeometricTensor`` the group elements leave unchanged."""
+    """The output of an invariant model where the checks read a ``GeometricTensor``'s ``.tensor``; the group acts on
+    it as the identity (:func:`eqnorm.check._actions.act` with no field type)."""
 
     def __init__(self, tensor: torch.Tensor) -> None:
         self.tensor = tensor
-
-    def transform(self, _element: Any) -> Invariant:
-        return self
-
-    transform_fibers = transform
 
 
 class EscnnView(torch.nn.Module):
