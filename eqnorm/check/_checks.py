@@ -419,9 +419,12 @@ def check_e3nn(
             with torch.no_grad():
                 y = run(x)
                 results.append(_output_check(y, mode, tolerance))
-                for label, matrix in rotations:
-                    d_in = irreps_in.D_from_matrix(matrix).to(dtype)
-                    d_out = _output_action(irreps_out, matrix, y).to(dtype)
+                # each rotation's Wigner matrices once, for this check and the gradient check
+                actions = [
+                    (label, irreps_in.D_from_matrix(m).to(dtype), _output_action(irreps_out, m, y).to(dtype))
+                    for label, m in rotations
+                ]
+                for label, d_in, d_out in actions:
                     check.measurements.append(_measure(label, run(x @ d_in.T), y @ d_out.T, tolerance))
                 results.append(check)
                 if graphs is None:
@@ -437,9 +440,7 @@ def check_e3nn(
                     return torch.autograd.grad(run(t), t, w)[0]
 
                 base = input_grad(x, v)
-                for label, matrix in rotations:
-                    d_in = irreps_in.D_from_matrix(matrix).to(dtype)
-                    d_out = _output_action(irreps_out, matrix, y).to(dtype)
+                for label, d_in, d_out in actions:
                     gcheck.measurements.append(
                         _measure(label, input_grad(x @ d_in.T, v @ d_out.T), base @ d_in.T, tolerance)
                     )

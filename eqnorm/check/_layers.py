@@ -102,7 +102,8 @@ def check_layers(
 ) -> list[LayerReport]:
     """Check each submodule of ``model`` alone (see the module docstring); ``run_model()`` runs the model once on its
     input, in the current mode, so that the hooks capture what each submodule receives. Reports come in the order in
-    which the model calls the submodules."""
+    which the model calls the submodules. ``run_model`` may change the model's flags: the caller puts them back (the
+    CLI runs this inside :func:`~eqnorm.check._checks.restored`)."""
     candidates = _candidates(model)
     captured: dict[str, tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] = {}
     order: list[str] = []
@@ -130,7 +131,6 @@ def check_layers(
     finally:
         for h in handles:
             h.remove()
-    training = {m: m.training for m in model.modules()}
     reports = []
     by_name = {name: (module, field_type) for name, module, field_type in candidates}
     for name in order + [n for n, _, _ in candidates if n not in order]:
@@ -167,8 +167,6 @@ def check_layers(
                 r.name = f"{r.name}, {source}"
                 results.append(r)
         reports.append(LayerReport(name, kind, results))
-    for m, was in training.items():
-        m.train(was)
     return reports
 
 
