@@ -89,7 +89,7 @@ def bench(shape: tuple[int, ...], dtype: torch.dtype, groups: int, bandwidth: fl
     fwd = timed(lambda i: torch.ops.eqnorm.field_norm(rows3[i], w, b, t, None, False, False, 1e-5), sets)
     bwd = timed(
         lambda i: torch.ops.eqnorm.field_norm_backward(
-            dys3[i], rows3[i], stats[i][1], stats[i][2], w, b, t, None, False, False, 1e-5
+            dys3[i], rows3[i], stats[i][1], stats[i][2], w, b, t, None, False, False, 1e-5, [True, True, True]
         ),
         sets,
     )
@@ -132,7 +132,7 @@ def map_bound(shape: tuple[int, ...], dtype: torch.dtype, groups: int) -> str:
     fwd = timed(lambda i: op(xs[i]), sets)
     bwd = timed(
         lambda i: torch.ops.eqnorm.field_norm_backward(
-            dys[i], xs[i], stats[i][1], stats[i][2], w, b, t, None, False, False, 1e-5
+            dys[i], xs[i], stats[i][1], stats[i][2], w, b, t, None, False, False, 1e-5, [True, True, True]
         ),
         sets,
     )

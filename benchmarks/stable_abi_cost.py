@@ -36,7 +36,7 @@ class PythonAutograd(torch.autograd.Function):
     def backward(ctx, dy):  # type: ignore[no-untyped-def]
         x, mean, m2, weight, bias = ctx.saved_tensors
         dx, dw, db = torch.ops.eqnorm.field_norm_backward(
-            dy, x, mean, m2, weight, bias, ctx.layout, None, False, False, ctx.eps
+            dy, x, mean, m2, weight, bias, ctx.layout, None, False, False, ctx.eps, [True, True, True]
         )
         return dx, dw, db, None, None
 

@@ -64,7 +64,6 @@ inline void check_stat(const char* op, const char* name, const at::Tensor& t, co
   TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
 }
 
-// A parameter vector: 1D, floating, on x's device.
 // The arguments of eqnorm::affine_backward, checked alike on every device: dy like x, a, u and v per-row statistics.
 inline void check_affine_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& a, const at::Tensor& u,
                                   const at::Tensor& v, RowShape s) {
@@ -73,12 +72,6 @@ inline void check_affine_backward(const at::Tensor& dy, const at::Tensor& x, con
   check_stat(op, "a", a, x, s);
   check_stat(op, "u", u, x, s);
   check_stat(op, "v", v, x, s);
-}
-
-inline void check_parameter(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
-  TORCH_CHECK(t.dim() == 1, op, ": ", name, " must be 1D, got shape ", t.sizes());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name, " must be floating point, got ", t.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
 }
 
 }  // namespace eqnorm

@@ -126,11 +126,15 @@ template <typename A> struct Row {
   A P, eps;
 };
 
-// Phase 0, once per call (the parameters are the same for every row): each channel's weight w_field(c) and bias b_c.
+// Phase 0, once per call (the parameters are the same for every row): each channel's weight w_field(c) and bias b_c;
+// no weight (nullptr) is a weight of 1, no bias a bias of 0.
 template <typename V, typename A, typename Run>
 EQNORM_HOST_DEVICE void channel_parameters(const Map<V>& l, const A* weight, const A* bias, A* wc, A* bc, Run& run) {
-  run(int64_t(0), l.C, [&](int64_t c) { wc[c] = weight[l.field[c]]; });
-  run.gather(l.channel_bias, int64_t(0), l.C, [&](int64_t i) { return bias[i]; }, bc);
+  run(int64_t(0), l.C, [&](int64_t c) { wc[c] = weight ? weight[l.field[c]] : A(1); });
+  if (bias)
+    run.gather(l.channel_bias, int64_t(0), l.C, [&](int64_t i) { return bias[i]; }, bc);
+  else
+    run(int64_t(0), l.C, [&](int64_t c) { bc[c] = A(0); });
 }
 
 // Phases 1-3: cen = K m and rstd_g = 1 / sqrt(var_g + eps).
@@ -190,12 +194,13 @@ EQNORM_HOST_DEVICE void backward(const Map<V>& l, const Part& q, const Row<A>& r
   run.by_group(l, q, [&](int64_t c, int64_t) { v[c] = (v[c] + s.cen[c]) / P - u[c] * m[c]; });
 }
 
-// dweight_f = sum_{c in field f} gw_c and dbias = B^T g_beta, from gw and g_beta already summed over rows.
+// dweight_f = sum_{c in field f} gw_c and dbias = B^T g_beta, from gw and g_beta already summed over rows; an output
+// not asked for is nullptr.
 template <typename V, typename A, typename Run>
 EQNORM_HOST_DEVICE void parameter_gradients(const Map<V>& l, const A* gw, const A* g_beta, A* dweight, A* dbias,
                                             Run& run) {
-  run.gather(l.field_sum, int64_t(0), l.F, [&](int64_t c) { return gw[c]; }, dweight);
-  run.gather(l.bias_grad, int64_t(0), l.NB, [&](int64_t c) { return g_beta[c]; }, dbias);
+  if (dweight) run.gather(l.field_sum, int64_t(0), l.F, [&](int64_t c) { return gw[c]; }, dweight);
+  if (dbias) run.gather(l.bias_grad, int64_t(0), l.NB, [&](int64_t c) { return g_beta[c]; }, dbias);
 }
 
 template <typename V> EQNORM_HOST_DEVICE Part whole_row(const Map<V>& l) { return {0, l.C, 0, l.L, 0, l.G}; }

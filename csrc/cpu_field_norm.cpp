@@ -64,17 +64,18 @@ template <typename A> struct HostLayout {
   const A *weight, *bias, *wc, *bc;
   std::vector<eqnorm_map::Part> parts;
 
-  // part_channels: the most channels a part may hold (a part holds at least the channels between two cuts)
+  // part_channels: the most channels a part may hold (a part holds at least the channels between two cuts); w and b
+  // undefined when absent (weight and bias then nullptr)
   HostLayout(const LayoutArgs& l, const at::Tensor& w, const at::Tensor& b,
              int64_t part_channels = std::numeric_limits<int64_t>::max())
-      : store(l.compiled_value.numel() + w.numel() + b.numel() + 2 * l.field_of_channel.numel()),
-        view(compiled_view<A>(l, w.numel(), b.numel(), values(l.compiled_value, store.data()))), map(view.map) {
+      : store(l.compiled_value.numel() + l.fields() + l.trivial() + 2 * l.field_of_channel.numel()),
+        view(compiled_view<A>(l, values(l.compiled_value, store.data()))), map(view.map) {
     A* p = store.data() + l.compiled_value.numel();
-    A *weights = p, *biases = p + w.numel(), *channel = biases + b.numel();
-    read_values<A>(w, weights);
-    read_values<A>(b, biases);
-    weight = weights;
-    bias = biases;
+    A *weights = p, *biases = p + map.F, *channel = biases + map.NB;
+    if (w.defined()) read_values<A>(w, weights);
+    if (b.defined()) read_values<A>(b, biases);
+    weight = w.defined() ? weights : nullptr;
+    bias = b.defined() ? biases : nullptr;
     Serial run;
     eqnorm_map::channel_parameters(map, weight, bias, channel, channel + map.C, run);
     wc = channel;
@@ -153,7 +154,7 @@ template <typename A> struct ChunkSums {
       d[c] += dy[c];
     }
   }
-  // dweight per field and dbias per trivial copy
+  // dweight per field and dbias per trivial copy (each nullptr when not asked for)
   void finish(const HostLayout<A>& l, A* dweight, A* dbias) const {
     std::vector<A> total(2 * C, A(0));
     for (size_t k = 0; k < weight.size() / C; ++k)
@@ -203,13 +204,34 @@ Stats coefficients_cpu(const Pooled& s, const at::Tensor& weight, const at::Tens
   return {a, beta};
 }
 
+// The parameter gradients the mask asks for, in the accumulation type (undefined: not asked for, or no parameter),
+// written through pointer() and returned in the parameters' dtypes by cast().
+struct ParameterGradients {
+  at::Tensor dweight, dbias;
+  const at::Tensor &weight, &bias;
+  ParameterGradients(const at::Tensor& w, const at::Tensor& b, OutputMask mask, const at::TensorOptions& options)
+      : weight(w), bias(b) {
+    if (mask[1] && w.defined()) dweight = at::zeros(w.sizes(), options);
+    if (mask[2] && b.defined()) dbias = at::zeros(b.sizes(), options);
+  }
+  template <typename A> static A* pointer(const at::Tensor& t) { return t.defined() ? t.data_ptr<A>() : nullptr; }
+  template <typename A, typename Sums> void finish(const Sums& sums, const HostLayout<A>& l) const {
+    sums.finish(l, pointer<A>(dweight), pointer<A>(dbias));
+  }
+  std::tuple<at::Tensor, at::Tensor> cast() const {
+    return {dweight.defined() ? dweight.to(weight.scalar_type()) : dweight,
+            dbias.defined() ? dbias.to(bias.scalar_type()) : dbias};
+  }
+};
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_cpu(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& args, double eps, int64_t grain, int64_t part_channels) {
+    const at::Tensor& bias, const LayoutArgs& args, double eps, OutputMask mask, int64_t grain,
+    int64_t part_channels) {
   const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
   const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
   at::Tensor a = at::empty_like(mean), u = at::empty_like(mean), v = at::empty_like(mean);
-  at::Tensor dweight = at::zeros(weight.sizes(), mean.options()), dbias = at::zeros(bias.sizes(), mean.options());
+  const ParameterGradients grads(weight, bias, mask, mean.options());
   at::Tensor counts;
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
     using A = scalar_t;
@@ -229,9 +251,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
         sums.add(n, gw, gbp + r);
       }
     });
-    sums.finish(l, dweight.data_ptr<A>(), dbias.data_ptr<A>());
+    grads.finish(sums, l);
   });
-  return {a, u, v, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+  const auto [dweight, dbias] = grads.cast();
+  return {a, u, v, dweight, dbias};
 }
 
 constexpr int64_t kWholeRows = std::numeric_limits<int64_t>::max();
@@ -243,8 +266,8 @@ Stats coefficients_rows(const Pooled& s, const at::Tensor& weight, const at::Ten
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_rows(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& args, double eps) {
-  return coefficients_backward_cpu(sum_dy_x, sum_dy, s, weight, bias, args, eps, 16, kWholeRows);
+    const at::Tensor& bias, const LayoutArgs& args, double eps, OutputMask mask) {
+  return coefficients_backward_cpu(sum_dy_x, sum_dy, s, weight, bias, args, eps, mask, 16, kWholeRows);
 }
 
 // Point features (one position per sample, channels-last: e3nn node features): a row's statistics are the row itself
@@ -255,7 +278,7 @@ bool point_features(const at::Tensor& x, const std::optional<at::Tensor>& ptr, b
          (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> points_forward(const at::Tensor& x_in, const at::Tensor& weight,
+Outputs points_forward(const at::Tensor& x_in, const at::Tensor& weight,
                                                              const at::Tensor& bias, const LayoutArgs& args,
                                                              double eps) {
   const at::Tensor x = x_in.contiguous();
@@ -285,13 +308,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_forward(const at::Tensor& 
   return {y, mean, m2};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> points_backward(const at::Tensor& dy_in, const at::Tensor& x_in,
-                                                              const at::Tensor& weight, const at::Tensor& bias,
-                                                              const LayoutArgs& args, double eps) {
+Outputs points_backward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& weight,
+                        const at::Tensor& bias, const LayoutArgs& args, double eps, OutputMask mask) {
   const at::Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
   const int64_t N = x.size(0);
   at::Tensor dx = at::empty_like(x);
-  at::Tensor dweight = at::zeros(weight.sizes(), x.options()), dbias = at::zeros(bias.sizes(), x.options());
+  const ParameterGradients grads(weight, bias, mask, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm_backward points", [&] {
     using A = scalar_t;
     const HostLayout<A> l(args, weight, bias);
@@ -312,9 +334,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> points_backward(const at::Tensor&
         sums.add(n, gw, g);
       }
     });
-    sums.finish(l, dweight.data_ptr<A>(), dbias.data_ptr<A>());
+    grads.finish(sums, l);
   });
-  return {dx, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+  const auto [dweight, dbias] = grads.cast();
+  return {mask[0] ? dx : at::Tensor(), dweight, dbias};
 }
 
 // Channels-first samples with statistics of their own (group, layer and instance norms): one task per sample takes
@@ -340,7 +363,7 @@ bool per_sample(const at::Tensor& x, const std::optional<at::Tensor>& ptr, bool 
   return x.numel() <= kSerialElements || 4 * busiest * T <= 5 * N;  // the busiest thread at most 25% over the mean
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_forward(const at::Tensor& x_in, const at::Tensor& weight,
+Outputs samples_forward(const at::Tensor& x_in, const at::Tensor& weight,
                                                               const at::Tensor& bias, const Checked& checked,
                                                               double eps) {
   const at::Tensor x = x_in.contiguous();
@@ -369,14 +392,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_forward(const at::Tensor&
   return {y, mean, m2};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_backward(const at::Tensor& dy_in, const at::Tensor& x_in,
-                                                               const at::Tensor& mean_in, const at::Tensor& m2_in,
-                                                               const at::Tensor& weight, const at::Tensor& bias,
-                                                               const Checked& checked, double eps) {
+Outputs samples_backward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& mean_in,
+                         const at::Tensor& m2_in, const at::Tensor& weight, const at::Tensor& bias,
+                         const Checked& checked, double eps, OutputMask mask) {
   const at::Tensor x = x_in.contiguous(), dy = dy_in.contiguous(), mean = mean_in.contiguous(), m2 = m2_in.contiguous();
   const int64_t N = checked.shape.samples, C = checked.shape.channels, P = checked.shape.positions;
   at::Tensor dx = at::empty_like(x);
-  at::Tensor dweight = at::zeros(weight.sizes(), x.options()), dbias = at::zeros(bias.sizes(), x.options());
+  const ParameterGradients grads(weight, bias, mask, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm_backward per sample", [&] {
     using A = scalar_t;
     const HostLayout<A> l(checked.layout, weight, bias, part_channels(2 * P, sizeof(A)));  // dy and x
@@ -400,15 +422,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> samples_backward(const at::Tensor
         sums.add(n, gw, sdy);
       }
     });
-    sums.finish(l, dweight.data_ptr<A>(), dbias.data_ptr<A>());
+    grads.finish(sums, l);
   });
-  return {dx, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+  const auto [dweight, dbias] = grads.cast();
+  return {mask[0] ? dx : at::Tensor(), dweight, dbias};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_cpu(const at::Tensor& x, const at::Tensor& weight,
-                                                             const at::Tensor& bias, at::TensorList layout,
-                                                             const std::optional<at::Tensor>& ptr, bool last,
-                                                             bool batch, double eps) {
+Outputs field_norm_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight_in,
+                       const std::optional<at::Tensor>& bias_in, at::TensorList layout,
+                       const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
+  const at::Tensor weight = given(weight_in), bias = given(bias_in);
   if (point_features(x, ptr, last, batch))
     return points_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, layout, ptr, last, batch).layout,
                           eps);
@@ -417,49 +440,65 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_cpu(const at::Tensor& 
   return field_norm_forward(cpu_passes(), &coefficients_rows, x, weight, bias, layout, ptr, last, batch, eps);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward_cpu(
-    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& weight,
-    const at::Tensor& bias, at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
-    double eps) {
+Outputs backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
+                     const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                     const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps, OutputMask mask) {
   if (point_features(x, ptr, last, batch))
     return points_backward(dy, x, weight, bias,
-                           check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch).layout, eps);
+                           check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch).layout, eps, mask);
   if (per_sample(x, ptr, last, batch))
     return samples_backward(dy, x, mean, m2, weight, bias,
-                            check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch), eps);
-  return field_norm_backward(cpu_passes(), &coefficients_backward_rows, dy, x, mean, m2, weight, bias, layout, ptr, last, batch,
-                             eps);
+                            check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch), eps, mask);
+  return field_norm_backward(cpu_passes(), &coefficients_backward_rows, dy, x, mean, m2, weight, bias, layout, ptr,
+                             last, batch, eps, mask);
 }
 
-}  // namespace
+Gradients field_norm_backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                                  const at::Tensor& m2, const std::optional<at::Tensor>& weight,
+                                  const std::optional<at::Tensor>& bias, at::TensorList layout,
+                                  const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps,
+                                  OutputMask mask) {
+  return gradients(backward_cpu(dy, x, mean, m2, given(weight), given(bias), layout, ptr, last, batch, eps, mask));
+}
 
+// For the tests, torch.ops.eqnorm_testing.coefficient_map: the CPU's coefficient map by one executor, "rows" (the
+// map's rows under at::parallel_for, each row whole), "parts" (each row split at every cut of the layout) or "aten"
+// (the differentiable ATen form). Returns (a, beta), or with the cotangents (a, u, v, dweight, dbias).
 std::vector<at::Tensor> coefficient_map_for_test(const std::string& executor, const at::Tensor& mean,
                                                  const at::Tensor& m2, const std::optional<at::Tensor>& counts,
-                                                 double positions, const at::Tensor& weight, const at::Tensor& bias,
+                                                 double positions, const std::optional<at::Tensor>& weight_in,
+                                                 const std::optional<at::Tensor>& bias_in,
                                                  const std::vector<at::Tensor>& layout, double eps,
                                                  const std::optional<at::Tensor>& sum_dy_x,
                                                  const std::optional<at::Tensor>& sum_dy) {
-  const LayoutArgs l = layout_args("eqnorm._C._coefficient_map", layout, mean, mean.size(1), weight, bias);
+  const at::Tensor weight = given(weight_in), bias = given(bias_in);
+  const LayoutArgs l = layout_args("eqnorm_testing::coefficient_map", layout, mean, mean.size(1), weight, bias);
   const Pooled s{mean, m2, positions, counts.value_or(at::Tensor())};
   TORCH_CHECK(executor == "rows" || executor == "parts" || executor == "aten",
-              "eqnorm._C._coefficient_map: executor must be 'rows', 'parts' or 'aten', got '", executor, "'");
+              "eqnorm_testing::coefficient_map: executor must be 'rows', 'parts' or 'aten', got '", executor, "'");
   const int64_t part_channels = executor == "parts" ? 1 : kWholeRows;
   if (!sum_dy_x.has_value()) {
     auto [a, beta] = executor == "aten" ? coefficients_aten(s, weight, bias, l, eps)
                                         : coefficients_cpu(s, weight, bias, l, eps, 1, part_channels);
     return {a, beta};
   }
+  const OutputMask mask{true, true, true};
   auto [a, u, v, dweight, dbias] =
-      executor == "aten" ? coefficients_backward_aten(*sum_dy_x, *sum_dy, s, weight, bias, l, eps)
-                         : coefficients_backward_cpu(*sum_dy_x, *sum_dy, s, weight, bias, l, eps, 1, part_channels);
+      executor == "aten" ? coefficients_backward_aten(*sum_dy_x, *sum_dy, s, weight, bias, l, eps, mask)
+                         : coefficients_backward_cpu(*sum_dy_x, *sum_dy, s, weight, bias, l, eps, mask, 1, part_channels);
   return {a, u, v, dweight, dbias};
 }
 
+// For the tests, torch.ops.eqnorm_testing.coefficient_visits: how often the map, run over every row of float64
+// statistics (forward, or backward and the parameter gradients), reads each entry of each compiled operator, in the
+// order of eqnorm.compiled.OPERATORS.
 std::vector<at::Tensor> coefficient_visits_for_test(const at::Tensor& mean, const at::Tensor& m2, double positions,
-                                                    const at::Tensor& weight, const at::Tensor& bias,
+                                                    const std::optional<at::Tensor>& weight_in,
+                                                    const std::optional<at::Tensor>& bias_in,
                                                     const std::vector<at::Tensor>& layout, double eps, bool backward) {
-  TORCH_CHECK(mean.scalar_type() == at::kDouble, "eqnorm._C._coefficient_visits: mean must be float64");
-  const LayoutArgs args = layout_args("eqnorm._C._coefficient_visits", layout, mean, mean.size(1), weight, bias);
+  const at::Tensor weight = given(weight_in), bias = given(bias_in);
+  TORCH_CHECK(mean.scalar_type() == at::kDouble, "eqnorm_testing::coefficient_visits: mean must be float64");
+  const LayoutArgs args = layout_args("eqnorm_testing::coefficient_visits", layout, mean, mean.size(1), weight, bias);
   const HostLayout<double> l(args, weight, bias);
   eqnorm_map::Map<double> map = l.map;
   eqnorm_map::Sparse<double>* operators[] = {&map.class_sum,    &map.center,    &map.group_mean,
@@ -490,6 +529,13 @@ std::vector<at::Tensor> coefficient_visits_for_test(const at::Tensor& mean, cons
   }
   if (backward) eqnorm_map::parameter_gradients(map, total.data(), total.data() + C, out, out + C, run);
   return visits;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(eqnorm_testing, m) {
+  m.def("coefficient_map", &coefficient_map_for_test);
+  m.def("coefficient_visits", &coefficient_visits_for_test);
 }
 
 TORCH_LIBRARY_IMPL(eqnorm, CPU, m) {

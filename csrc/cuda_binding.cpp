@@ -115,14 +115,19 @@ const Passes& cuda_passes() {
   return passes;
 }
 
-// The layout's map on the GPU: values read as double straight from compiled_value; weight and bias as A.
+// A tensor's data as A*, nullptr when undefined (an absent parameter, or a gradient not asked for).
+template <typename A> A* pointer(const at::Tensor& t) { return t.defined() ? t.data_ptr<A>() : nullptr; }
+
+// The layout's map on the GPU: values read as double straight from compiled_value; weight and bias as A (undefined
+// when absent: the map reads nullptr as a weight of 1, a bias of 0).
 template <typename A> struct DeviceLayout {
   at::Tensor weight, bias;
   CompiledView<double> view;
+  static at::Tensor as_a(const at::Tensor& t) {
+    return t.defined() ? t.to(c10::CppTypeToScalarType<A>::value).contiguous() : t;
+  }
   DeviceLayout(const LayoutArgs& l, const at::Tensor& w, const at::Tensor& b)
-      : weight(w.to(c10::CppTypeToScalarType<A>::value).contiguous()),
-        bias(b.to(c10::CppTypeToScalarType<A>::value).contiguous()),
-        view(compiled_view<double>(l, w.numel(), b.numel(), l.compiled_value.data_ptr<double>())) {}
+      : weight(as_a(w)), bias(as_a(b)), view(compiled_view<double>(l, l.compiled_value.data_ptr<double>())) {}
 };
 
 template <typename A>
@@ -148,7 +153,7 @@ Stats coefficients_cuda(const Pooled& s, const at::Tensor& weight, const at::Ten
     const DeviceLayout<A> l(args, weight, bias);
     const at::Tensor scratch = map_scratch(l.view.map, mean);
     check_cuda("eqnorm::field_norm",
-               eqnorm_cuda::coefficients(l.view.map, l.weight.data_ptr<A>(), l.bias.data_ptr<A>(),
+               eqnorm_cuda::coefficients(l.view.map, pointer<A>(l.weight), pointer<A>(l.bias),
                                          device_statistics<A>(s, mean, m2, counts, eps), a.data_ptr<A>(),
                                          beta.data_ptr<A>(), static_cast<A*>(scratch.data_ptr()),
                                          c10::cuda::getCurrentCUDAStream()));
@@ -160,45 +165,49 @@ Stats coefficients_cuda(const Pooled& s, const at::Tensor& weight, const at::Ten
 // field and per bias.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_cuda(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& args, double eps) {
+    const at::Tensor& bias, const LayoutArgs& args, double eps, OutputMask mask) {
   const char* op = "eqnorm::field_norm_backward";
   const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
   const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
   at::Tensor a = at::empty_like(mean), u = at::empty_like(mean), v = at::empty_like(mean), gw = at::empty_like(mean);
-  at::Tensor dweight = at::empty(weight.sizes(), mean.options()), dbias = at::empty(bias.sizes(), mean.options());
-  at::Tensor counts;
+  at::Tensor dweight, dbias, counts;
+  if (mask[1] && weight.defined()) dweight = at::empty(weight.sizes(), mean.options());
+  if (mask[2] && bias.defined()) dbias = at::empty(bias.sizes(), mean.options());
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
     using A = scalar_t;
     const DeviceLayout<A> l(args, weight, bias);
     const at::Tensor scratch = map_scratch(l.view.map, mean);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     check_cuda(op, eqnorm_cuda::coefficients_backward(
-                       l.view.map, l.weight.data_ptr<A>(), l.bias.data_ptr<A>(),
+                       l.view.map, pointer<A>(l.weight), pointer<A>(l.bias),
                        device_statistics<A>(s, mean, m2, counts, eps),
                        gax.data_ptr<A>(), gb.data_ptr<A>(), a.data_ptr<A>(), u.data_ptr<A>(), v.data_ptr<A>(),
                        gw.data_ptr<A>(), static_cast<A*>(scratch.data_ptr()), stream));
+    if (!dweight.defined() && !dbias.defined()) return;
     const at::Tensor gw_total = gw.sum(0), gb_total = gb.sum(0);
     check_cuda(op, eqnorm_cuda::parameter_gradients(l.view.map, gw_total.data_ptr<A>(), gb_total.data_ptr<A>(),
-                                                    dweight.data_ptr<A>(), dbias.data_ptr<A>(), stream));
+                                                    pointer<A>(dweight), pointer<A>(dbias), stream));
   });
-  return {a, u, v, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+  return {a, u, v, dweight.defined() ? dweight.to(weight.scalar_type()) : dweight,
+          dbias.defined() ? dbias.to(bias.scalar_type()) : dbias};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_cuda(const at::Tensor& x, const at::Tensor& weight,
-                                                              const at::Tensor& bias, at::TensorList layout,
-                                                              const std::optional<at::Tensor>& ptr, bool last,
-                                                              bool batch, double eps) {
+Outputs field_norm_cuda(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                        const std::optional<at::Tensor>& bias, at::TensorList layout,
+                        const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return field_norm_forward(cuda_passes(), &coefficients_cuda, x, weight, bias, layout, ptr, last, batch, eps);
+  return field_norm_forward(cuda_passes(), &coefficients_cuda, x, given(weight), given(bias), layout, ptr, last, batch,
+                            eps);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward_cuda(
-    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& weight,
-    const at::Tensor& bias, at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
-    double eps) {
+Gradients field_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
+                                   const at::Tensor& m2, const std::optional<at::Tensor>& weight,
+                                   const std::optional<at::Tensor>& bias, at::TensorList layout,
+                                   const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps,
+                                   OutputMask mask) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return field_norm_backward(cuda_passes(), &coefficients_backward_cuda, dy, x, mean, m2, weight, bias, layout, ptr,
-                             last, batch, eps);
+  return gradients(field_norm_backward(cuda_passes(), &coefficients_backward_cuda, dy, x, mean, m2, given(weight),
+                                       given(bias), layout, ptr, last, batch, eps, mask));
 }
 
 }  // namespace

@@ -47,9 +47,12 @@ Spread spread(const Pooled& s, const LayoutArgs& l, double eps) {
   return {cen, dev, rstd, gather(rstd, l.group_of_channel)};
 }
 
+// w_field(c) per channel, or undefined without a weight (a weight of 1)
 at::Tensor channel_weight(const at::Tensor& weight, const LayoutArgs& l, at::ScalarType t) {
-  return gather(weight.to(t), l.field_of_channel);
+  return weight.defined() ? gather(weight.to(t), l.field_of_channel) : at::Tensor();
 }
+
+at::Tensor times(const at::Tensor& w, const at::Tensor& t) { return w.defined() ? w * t : t; }
 
 // Pools per-sample statistics (equal counts P) over the batch by Chan's formula: one (1, C) row of N P values.
 Pooled pool_batch(const at::Tensor& mean, const at::Tensor& m2, int64_t positions) {
@@ -96,35 +99,38 @@ Stats coefficients_aten(const Pooled& s, const at::Tensor& weight, const at::Ten
                         double eps) {
   const auto t = s.mean.scalar_type();
   const Spread sp = spread(s, l, eps);
+  const at::Tensor a = times(channel_weight(weight, l, t), sp.rstd_c);
+  if (!bias.defined()) return {a, -a * sp.cen};
   const at::Tensor b =
       scatter_sum(gather(bias.to(t), l.bias_index) * l.bias_value.to(t), l.bias_channel, s.mean.sym_size(1));
-  const at::Tensor a = channel_weight(weight, l, t) * sp.rstd_c;
   return {a, b - a * sp.cen};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_aten(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& l, double eps) {
+    const at::Tensor& bias, const LayoutArgs& l, double eps, OutputMask mask) {
   const auto t = s.mean.scalar_type();
   const Spread sp = spread(s, l, eps);
   const at::Tensor positions = s.positions_tensor();
-  const at::Tensor w = channel_weight(weight, l, t), a = w * sp.rstd_c;
+  const at::Tensor w = channel_weight(weight, l, t), a = times(w, sp.rstd_c);
   const at::Tensor ga = sum_dy_x - sum_dy * sp.cen;
-  const at::Tensor dweight = scatter_sum((ga * sp.rstd_c).sum(0), l.field_of_channel, weight.sym_size(0));
-  const at::Tensor gvar = sp.rstd.pow(3) * -0.5 * scatter_sum(ga * w, l.group_of_channel, l.group_size.sym_size(0));
+  at::Tensor dweight, dbias;
+  if (mask[1] && weight.defined())
+    dweight = scatter_sum((ga * sp.rstd_c).sum(0), l.field_of_channel, weight.sym_size(0)).to(weight.scalar_type());
+  if (mask[2] && bias.defined())
+    dbias = scatter_sum(gather(sum_dy.sum(0), l.bias_channel) * l.bias_value.to(t), l.bias_index, bias.sym_size(0))
+                .to(bias.scalar_type());
+  const at::Tensor gvar =
+      sp.rstd.pow(3) * -0.5 * scatter_sum(times(w, ga), l.group_of_channel, l.group_size.sym_size(0));
   const at::Tensor gm2 = gather(gvar / (positions * l.group_size.to(t)), l.group_of_channel);
   const at::Tensor u = gm2 * 2, gdev = u * positions * sp.dev;
   const at::Tensor gmean = gdev + center(-a * sum_dy - gdev, l);
-  const at::Tensor dbias =
-      scatter_sum(gather(sum_dy.sum(0), l.bias_channel) * l.bias_value.to(t), l.bias_index, bias.sym_size(0));
-  return {a, u, gmean / positions - u * s.mean, dweight.to(weight.scalar_type()), dbias.to(bias.scalar_type())};
+  return {a, u, gmean / positions - u * s.mean, dweight, dbias};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_forward(const Passes& p, CoefficientsForward coefficients,
-                                                                 const at::Tensor& x, const at::Tensor& weight,
-                                                                 const at::Tensor& bias, at::TensorList layout,
-                                                                 const std::optional<at::Tensor>& ptr, bool last,
-                                                                 bool batch, double eps) {
+Outputs field_norm_forward(const Passes& p, CoefficientsForward coefficients, const at::Tensor& x,
+                           const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                           const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
   const auto [s, l] = check("eqnorm::field_norm", x, weight, bias, layout, ptr, last, batch);
   if (x.numel() == 0) return {at::empty_like(x, at::MemoryFormat::Contiguous), empty_stat(x, s), empty_stat(x, s)};
   const auto [mean, m2] = p.moments(x, last, ptr);
@@ -136,19 +142,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_forward(const Passes& 
   return {p.affine(x, a, beta, last, ptr), mean, m2};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward(
-    const Passes& p, CoefficientsBackward coefficients, const at::Tensor& dy, const at::Tensor& x,
-    const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& weight, const at::Tensor& bias,
-    at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
+// The backward of an empty x.
+static Outputs no_gradient(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, OutputMask mask) {
+  return {mask[0] ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::Tensor(),
+          mask[1] && weight.defined() ? at::zeros_like(weight) : at::Tensor(),
+          mask[2] && bias.defined() ? at::zeros_like(bias) : at::Tensor()};
+}
+
+Outputs field_norm_backward(const Passes& p, CoefficientsBackward coefficients, const at::Tensor& dy,
+                            const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
+                            const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                            const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps, OutputMask mask) {
   const auto [s, l] = check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch);
-  if (x.numel() == 0)
-    return {at::empty_like(x, at::MemoryFormat::Contiguous), at::zeros_like(weight), at::zeros_like(bias)};
+  if (x.numel() == 0) return no_gradient(x, weight, bias, mask);
   auto [sum_dy, sum_dy_x] = p.moments_backward(dy, x, last, ptr);
   if (batch) {
     sum_dy = sum_dy.sum(0, true);
     sum_dy_x = sum_dy_x.sum(0, true);
   }
-  auto [a, u, v, dweight, dbias] = coefficients(sum_dy_x, sum_dy, pooled(mean, m2, ptr, s, batch), weight, bias, l, eps);
+  auto [a, u, v, dweight, dbias] =
+      coefficients(sum_dy_x, sum_dy, pooled(mean, m2, ptr, s, batch), weight, bias, l, eps, mask);
+  if (!mask[0]) return {at::Tensor(), dweight, dbias};
   if (batch) {
     a = a.expand_as(mean).contiguous();
     u = u.expand_as(mean).contiguous();

@@ -2,6 +2,7 @@
 // the device or from the ATen form below. Formulas: eqnorm/coefficients.py.
 #pragma once
 
+#include <array>
 #include <functional>
 #include <string>
 #include <vector>
@@ -12,6 +13,23 @@
 namespace eqnorm {
 
 using Stats = std::tuple<at::Tensor, at::Tensor>;
+using Outputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+// Which of (dx, dweight, dbias) the backward computes; the others are returned undefined (None), as in torch's
+// native_group_norm_backward.
+using OutputMask = std::array<bool, 3>;
+
+// An optional parameter as the kernels take it: undefined when absent (a weight of 1, a bias of 0).
+inline at::Tensor given(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
+inline std::optional<at::Tensor> optional(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
+// (dx, dweight, dbias) as the backward's schema returns them: Tensor?, None where not computed (what Inductor and
+// the fake kernels expect of an output that may be absent).
+using Gradients = std::tuple<std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>;
+inline Gradients gradients(const Outputs& g) {
+  return {optional(std::get<0>(g)), optional(std::get<1>(g)), optional(std::get<2>(g))};
+}
 
 // The four passes over x of one device (docs/kernels.rst, "Four passes, one small function").
 struct Passes {
@@ -23,7 +41,8 @@ struct Passes {
                                 const at::Tensor& v, bool last, const std::optional<at::Tensor>& ptr);
 };
 
-// Every argument check of field_norm and its backward (field_norm.cpp): the rows of x and the layout.
+// Every argument check of field_norm and its backward (field_norm.cpp): the rows of x, the layout and the parameters.
+// Below the checks, weight and bias are tensors that are undefined when absent.
 struct Checked {
   RowShape shape;
   LayoutArgs layout;
@@ -53,51 +72,35 @@ struct Pooled {
 // (mean, m2, weight, bias) -> (a, beta), each (S, C) in the statistics' dtype.
 using CoefficientsForward = Stats (*)(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias,
                                       const LayoutArgs& l, double eps);
-// (sum dy x, sum dy) -> (a, u, v, dweight, dbias): dx = a dy + u x + v, and the parameter gradients.
+// (sum dy x, sum dy) -> (a, u, v, dweight, dbias): dx = a dy + u x + v, and the parameter gradients (undefined where
+// the mask or an absent parameter says none).
 using CoefficientsBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> (*)(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& l, double eps);
+    const at::Tensor& bias, const LayoutArgs& l, double eps, OutputMask mask);
 
 // The coefficient map and its closed-form vector-Jacobian product in ATen operations (differentiable, any device).
 Stats coefficients_aten(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& l,
                         double eps);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_aten(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& l, double eps);
+    const at::Tensor& bias, const LayoutArgs& l, double eps, OutputMask mask);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_forward(const Passes& p, CoefficientsForward coefficients,
-                                                                 const at::Tensor& x, const at::Tensor& weight,
-                                                                 const at::Tensor& bias, at::TensorList layout,
-                                                                 const std::optional<at::Tensor>& ptr, bool last,
-                                                                 bool batch, double eps);
+Outputs field_norm_forward(const Passes& p, CoefficientsForward coefficients, const at::Tensor& x,
+                           const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                           const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> field_norm_backward(
-    const Passes& p, CoefficientsBackward coefficients, const at::Tensor& dy, const at::Tensor& x,
-    const at::Tensor& mean, const at::Tensor& m2, const at::Tensor& weight, const at::Tensor& bias,
-    at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps);
-
-// The CPU's coefficient map for tests (cpu_field_norm.cpp), bound as eqnorm._C._coefficient_map: executor "rows"
-// (the map's rows under at::parallel_for, each row whole), "parts" (each row split at every cut of the layout) or
-// "aten" (the differentiable ATen form). Returns (a, beta), or with the cotangents (a, u, v, dweight, dbias).
-std::vector<at::Tensor> coefficient_map_for_test(const std::string& executor, const at::Tensor& mean,
-                                                 const at::Tensor& m2, const std::optional<at::Tensor>& counts,
-                                                 double positions, const at::Tensor& weight, const at::Tensor& bias,
-                                                 const std::vector<at::Tensor>& layout, double eps,
-                                                 const std::optional<at::Tensor>& sum_dy_x,
-                                                 const std::optional<at::Tensor>& sum_dy);
-// How often the map, run over every row of float64 statistics (forward, or backward and the parameter gradients),
-// reads each entry of each compiled operator, in the order of eqnorm.compiled.OPERATORS.
-std::vector<at::Tensor> coefficient_visits_for_test(const at::Tensor& mean, const at::Tensor& m2, double positions,
-                                                    const at::Tensor& weight, const at::Tensor& bias,
-                                                    const std::vector<at::Tensor>& layout, double eps, bool backward);
+Outputs field_norm_backward(const Passes& p, CoefficientsBackward coefficients, const at::Tensor& dy,
+                            const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
+                            const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                            const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps, OutputMask mask);
 
 // eqnorm::field_norm through the dispatcher (autograd.cpp).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> call_field_norm(const at::Tensor& x, const at::Tensor& weight,
-                                                              const at::Tensor& bias, at::TensorList layout,
-                                                              const std::optional<at::Tensor>& ptr, bool last,
-                                                              bool batch, double eps);
+Outputs call_field_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                        const std::optional<at::Tensor>& bias, at::TensorList layout,
+                        const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps);
 
-// y of field_norm from differentiable ATen operations only: what double backward differentiates.
+// y of field_norm from differentiable ATen operations only: what double backward differentiates (weight and bias
+// undefined when absent).
 at::Tensor field_norm_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                 at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
                                 double eps);

@@ -18,12 +18,10 @@ template <typename V> struct CompiledView {
   }
 };
 
-template <typename V>
-CompiledView<V> compiled_view(const LayoutArgs& l, int64_t F, int64_t NB, const V* values) {
+template <typename V> CompiledView<V> compiled_view(const LayoutArgs& l, const V* values) {
   const int64_t C = l.field_of_channel.numel(), G = l.groups(), L = l.classes(), K = l.center_channel.numel();
-  const int64_t B = l.bias_channel.numel();
-  const int64_t* p = l.compiled_index.data_ptr<int64_t>();
-  auto take = [&](int64_t outputs, int64_t entries) {
+  const int64_t B = l.bias_channel.numel(), F = l.fields(), NB = l.trivial();
+  auto take = [&](const int64_t*& p, int64_t outputs, int64_t entries) {
     const eqnorm_map::Sparse<V> s{p, p + outputs + 1, values};
     p += outputs + 1 + entries;
     values += entries;
@@ -38,15 +36,18 @@ CompiledView<V> compiled_view(const LayoutArgs& l, int64_t F, int64_t NB, const 
   m.NB = NB;
   m.field = l.field_of_channel.data_ptr<int64_t>();
   m.group = l.group_of_channel.data_ptr<int64_t>();
-  m.class_sum = take(L, K);
-  m.center = take(C, K);
-  m.group_mean = take(G, C);
-  m.channel_bias = take(C, B);
-  m.bias_grad = take(NB, B);
-  m.field_sum = take(F, C);
+  const int64_t* p = l.compiled_index.data_ptr<int64_t>();
+  m.class_sum = take(p, L, K);
+  m.center = take(p, C, K);
+  m.group_mean = take(p, G, C);
+  m.channel_bias = take(p, C, B);
   m.center.runs = p;
   v.cuts = p + C;
-  v.num_cuts = compiled_sizes(C, G, L, K, B, F, NB, l.compiled_index.numel()).cuts;
+  v.num_cuts = compiled_sizes(C, G, L, K, B, l.compiled_index.numel()).cuts;
+  const int64_t* bias_grad = l.compiled_bias_grad.data_ptr<int64_t>();
+  const int64_t* field_sum = l.compiled_field_sum.data_ptr<int64_t>();
+  m.bias_grad = take(bias_grad, NB, B);  // values in the order of eqnorm.compiled.OPERATORS
+  m.field_sum = take(field_sum, F, C);
   return v;
 }
 

@@ -137,8 +137,8 @@ def pool_batch(mean: torch.Tensor, m2: torch.Tensor, positions: int) -> tuple[to
 
 def torch_field_norm(
     x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
     t: LayoutTensors,
     ptr: torch.Tensor | None,
     channels_last: bool,
@@ -160,8 +160,8 @@ def torch_field_norm(
 
 def field_norm(
     x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
     t: LayoutTensors,
     ptr: torch.Tensor | None,
     channels_last: bool,
@@ -188,7 +188,7 @@ def compiled_for(x: torch.Tensor) -> bool:
 
 
 def field_norm_dense(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, t: LayoutTensors, batch: bool, eps: float
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, t: LayoutTensors, batch: bool, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`field_norm` of a contiguous ``(N, C, *spatial)`` ``x`` as ``(N, C, P)`` rows, ``y`` in ``x``'s shape.
     Eager calls view it inside the bound C++ call; traced code (compile, export, ``make_fx``, ``jit.trace``) views it
@@ -204,8 +204,8 @@ if _EXTENSION:
     @torch.library.register_fake("eqnorm::field_norm")
     def _field_norm_fake(
         x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
         layout: list[torch.Tensor],
         ptr: torch.Tensor | None,
         channels_last: bool,
@@ -231,9 +231,15 @@ if _EXTENSION:
         x: torch.Tensor,
         mean: torch.Tensor,
         m2: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor,
-        *args: object,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        return dx, torch.empty_like(weight), torch.empty_like(bias)
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        layout: list[torch.Tensor],
+        ptr: torch.Tensor | None,
+        channels_last: bool,
+        batch: bool,
+        eps: float,
+        output_mask: list[bool],
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None
+        dweight = torch.empty_like(weight) if output_mask[1] and weight is not None else None
+        return dx, dweight, torch.empty_like(bias) if output_mask[2] and bias is not None else None

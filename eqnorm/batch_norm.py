@@ -105,15 +105,16 @@ class BatchFieldNorm(LayoutModule):
         r"""Eval mode: :math:`y = a x + \beta` per channel, :math:`a = w / \sqrt{\bar\sigma^2 + \epsilon}`,
         :math:`\beta = b - a\,\bar{\mathrm{cen}}`, in the accumulation dtype (Python and TorchScript alike)."""
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        weight = (self.unit_weight if self.weight is None else self.weight).to(acc)
-        bias = (self.zero_bias if self.bias is None else self.bias).to(acc)
-        rstd = inverse_root(running_var.to(acc), self.eps)
-        a = gather(weight, self.layout_field_of_channel) * gather(rstd, self.layout_group_of_channel)
-        b = scatter_sum(
-            gather(bias, self.layout_bias_index) * self.layout_bias_value.to(acc), self.layout_bias_channel, a.shape[0]
-        )
+        weight, bias = self.weight, self.bias
+        a = gather(inverse_root(running_var.to(acc), self.eps), self.layout_group_of_channel)
+        if weight is not None:
+            a = gather(weight.to(acc), self.layout_field_of_channel) * a
+        beta = -a * running_cen.to(acc)
+        if bias is not None:
+            contributions = gather(bias.to(acc), self.layout_bias_index) * self.layout_bias_value.to(acc)
+            beta = beta + scatter_sum(contributions, self.layout_bias_channel, a.shape[0])
         shape = [1, -1] + [1] * (x.dim() - 2)
-        return (x.to(acc) * a.view(shape) + (b - a * running_cen.to(acc)).view(shape)).to(x.dtype)
+        return (x.to(acc) * a.view(shape) + beta.view(shape)).to(x.dtype)
 
     @torch.jit.unused
     def eager_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,7 @@ class BatchFieldNorm(LayoutModule):
         check_input(x, self.layout)
         if not self.training and self.running_cen is not None and self.running_var is not None:
             return self.normalize_with_running_statistics(x, self.running_cen, self.running_var)
-        weight, bias = self.parameters_or_constants()
+        weight, bias = self.weight, self.bias
         t = self.layout_tensors
         values = x.numel() // x.shape[1]
         if 0 < values <= 1 and not self.sync:  # synchronised, the count over every process decides (sync_pool)

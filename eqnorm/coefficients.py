@@ -78,8 +78,8 @@ def affine_coefficients(
     mean: torch.Tensor,
     m2: torch.Tensor,
     positions: torch.Tensor | float,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
     t: LayoutTensors,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,12 +91,16 @@ def affine_coefficients(
         ``(S, C)`` per-channel mean and sum of squared deviations over ``positions`` values (a number, or an
         ``(S, 1)`` tensor of per-row counts).
     weight, bias
-        ``(F,)`` weight per field and ``(T,)`` bias per trivial irrep copy.
+        ``(F,)`` weight per field and ``(T,)`` bias per trivial irrep copy; ``None`` for a weight of 1, a bias of 0.
     t
         The layout's tensors.
     """
     acc = mean.dtype
     cen = center(mean, t)
     rstd = inverse_root(group_variance(mean, m2, cen, positions, t), eps)
-    a = gather(weight.to(acc), t.field_of_channel) * gather(rstd, t.group_of_channel)
+    a = gather(rstd, t.group_of_channel)
+    if weight is not None:
+        a = gather(weight.to(acc), t.field_of_channel) * a
+    if bias is None:
+        return a, -a * cen
     return a, channel_bias(bias.to(acc), t, mean.shape[1]) - a * cen

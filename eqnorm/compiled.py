@@ -16,14 +16,16 @@ operator           outputs    sources    value of an entry
 ``field_sum``      F          C          1: the weight gradient per field
 =================  =========  =========  ==========================================================================
 
-``indices`` holds, for each operator, its offsets ``(outputs + 1,)`` and then its sources ``(entries,)``; after the
-six operators, the *runs* of ``center`` ``(C,)``: from each channel on, how many consecutive channels read no entry,
-or exactly one entry each, all of one class (the channels of a group's trivial class, say): the CPU computes a run as
-one loop; then the *cuts* ``(Q, 3)``: ``(channel, class, group)`` triples at which the map splits into parts that
-read nothing outside themselves (the CPU normalizes a large sample part by part while it stays in cache); the first
-is ``(0, 0, 0)`` and the last ``(C, L, G)``. ``values`` holds the operators' values, float64, in the same order.
-Sizes follow from the other layout tensors (and ``F``, ``T`` from the parameters), so the ops check them in O(1);
-the values are checked here, once.
+``indices`` holds, for each of the first four operators, its offsets ``(outputs + 1,)`` and then its sources
+``(entries,)``; after them, the *runs* of ``center`` ``(C,)``: from each channel on, how many consecutive channels
+read no entry, or exactly one entry each, all of one class (the channels of a group's trivial class, say): the CPU
+computes a run as one loop; then the *cuts* ``(Q, 3)``: ``(channel, class, group)`` triples at which the map splits
+into parts that read nothing outside themselves (the CPU normalizes a large sample part by part while it stays in
+cache); the first is ``(0, 0, 0)`` and the last ``(C, L, G)``. The parameter gradients' operators have tensors of
+their own, ``field_sum`` ``(F + 1 + C,)`` and ``bias_grad`` ``(T + 1 + B,)``, offsets then sources: their sizes give
+``F`` and ``T``, so the ops check weight and bias against them, and run without either. ``values`` holds the six
+operators' values, float64, in the order of the table. Every size follows from the layout tensors' shapes, so the ops
+check them in O(1); the values are checked here, once.
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ OPERATORS = ("class_sum", "center", "group_mean", "channel_bias", "bias_grad", "
 
 
 class CompiledLayout(NamedTuple):
-    """``indices`` int64 and ``values`` float64: the sparse operators, runs and cuts of :mod:`eqnorm.compiled`."""
+    """``indices``, ``field_sum`` and ``bias_grad`` int64 and ``values`` float64: the sparse operators, runs and cuts
+    of :mod:`eqnorm.compiled`."""
 
     indices: torch.Tensor
+    field_sum: torch.Tensor
+    bias_grad: torch.Tensor
     values: torch.Tensor
 
 
@@ -143,6 +148,7 @@ def compile_layout(
     )
     cuts = _cuts(group_of_channel, class_sum, L)
     runs = _runs(operators[1])
-    index = np.concatenate([a for op in operators for a in (op.ptr, op.source)] + [runs, cuts.reshape(-1)])
+    index = np.concatenate([a for op in operators[:4] for a in (op.ptr, op.source)] + [runs, cuts.reshape(-1)])
+    bias_grad, field_sum = (torch.from_numpy(np.concatenate([op.ptr, op.source])) for op in operators[4:])
     values = np.concatenate([op.value for op in operators])
-    return CompiledLayout(torch.from_numpy(index), torch.from_numpy(values))
+    return CompiledLayout(torch.from_numpy(index), field_sum, bias_grad, torch.from_numpy(values))

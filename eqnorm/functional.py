@@ -41,8 +41,8 @@ def _rows(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 def field_norm(
     x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
     t: LayoutTensors,
     eps: float,
     *,
@@ -53,9 +53,10 @@ def field_norm(
     r"""The unchecked fast path behind every layer: ``(y, mean, m2)`` for ``x`` ``(N, C, *spatial)`` (any memory
     format), or ragged ``(rows, C)`` with offsets ``ptr``, statistics pooled over the batch when ``batch``.
 
-    ``weight`` ``(F,)`` and ``bias`` ``(T,)`` are per field and per trivial copy; ``t`` is the layout's tensors on
-    ``x``'s device. ``mean`` and ``m2`` are the per-sample statistics :math:`m`, :math:`M_2` ``(N, C)``. A ``pool``
-    (batch statistics combined across processes) runs the pure-PyTorch form, whose pooling it replaces.
+    ``weight`` ``(F,)`` and ``bias`` ``(T,)`` are per field and per trivial copy (``None``: a weight of 1, a bias of
+    0); ``t`` is the layout's tensors on ``x``'s device. ``mean`` and ``m2`` are the per-sample statistics
+    :math:`m`, :math:`M_2` ``(N, C)``. A ``pool`` (batch statistics combined across processes) runs the pure-PyTorch
+    form, whose pooling it replaces.
     """
     if ptr is not None:
         return _ops.field_norm(x.contiguous(), weight, bias, t, ptr.contiguous(), True, False, eps)
@@ -157,11 +158,8 @@ def field_group_norm(
         if ptr.device != x.device:
             raise ValueError(f"ptr is on {ptr.device} but the input is on {x.device}")
         _ops.check_ptr(ptr, x.shape[0])
-    acc = _ops.accumulation_dtype(x.dtype)
-    if weight is None:
-        weight = torch.ones(layout.num_fields, dtype=acc, device=x.device)
-    if bias is None:
-        bias = torch.zeros(layout.num_trivial, dtype=acc, device=x.device)
-    check_parameter("weight", weight, layout.num_fields, x)
-    check_parameter("bias", bias, layout.num_trivial, x)
+    if weight is not None:
+        check_parameter("weight", weight, layout.num_fields, x)
+    if bias is not None:
+        check_parameter("bias", bias, layout.num_trivial, x)
     return field_norm(x, weight, bias, layout.tensors_on(x.device), eps, ptr=ptr)[0]

@@ -21,7 +21,7 @@ class LayoutModule(torch.nn.Module):
     them), and the parameters ``weight`` ``(F,)`` (init 1) and ``bias`` ``(T,)`` (init 0).
 
     As in ``torch.nn.GroupNorm``: ``affine=False`` registers ``weight`` and ``bias`` as ``None`` (no parameters),
-    ``bias=False`` only ``bias``; the op then reads constant buffers of ones and zeros. The attributes ``num_groups``,
+    ``bias=False`` only ``bias``; the op takes ``None`` as a weight of 1, a bias of 0. The attributes ``num_groups``,
     ``num_channels``, ``num_fields``, ``eps`` and ``affine`` say what the module computes.
 
     The floating layout entries stay float64 whatever ``.to(dtype)``, ``.half()`` or ``.double()`` do to the module:
@@ -31,8 +31,6 @@ class LayoutModule(torch.nn.Module):
     if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations, and infers them from the values
         weight: torch.nn.Parameter | None
         bias: torch.nn.Parameter | None
-        unit_weight: torch.Tensor
-        zero_bias: torch.Tensor
         layout_field_of_channel: torch.Tensor
         layout_group_of_channel: torch.Tensor
         layout_bias_channel: torch.Tensor
@@ -50,8 +48,6 @@ class LayoutModule(torch.nn.Module):
         self.affine = bool(affine)
         for name, tensor in zip(LayoutTensors._fields, layout.tensors, strict=True):
             self.register_buffer(f"layout_{name}", tensor.clone(), persistent=False)
-        self.register_buffer("unit_weight", torch.ones(layout.num_fields), persistent=False)
-        self.register_buffer("zero_bias", torch.zeros(layout.num_trivial), persistent=False)
         # registered even when None, as torch.nn.GroupNorm does: load_state_dict and named_parameters agree with it
         self.register_parameter("weight", torch.nn.Parameter(torch.ones(layout.num_fields)) if affine else None)
         self.register_parameter(
@@ -78,8 +74,6 @@ class LayoutModule(torch.nn.Module):
     def scripted_op(self, x: torch.Tensor, ptr: torch.Tensor | None, batch: bool) -> torch.Tensor:
         """``y`` of ``torch.ops.eqnorm.field_norm`` for ``x`` ``(N, C, *spatial)``, ``(N, C)`` or ragged with
         ``ptr``, in TorchScript (which cannot call the Python route): the rows of ``x`` made contiguous first."""
-        weight = self.unit_weight if self.weight is None else self.weight
-        bias = self.zero_bias if self.bias is None else self.bias
         if ptr is not None:
             rows, last = x.contiguous(), True
         elif x.dim() == 2:  # point features: (N, C) as N rows of one position, channels last
@@ -98,9 +92,11 @@ class LayoutModule(torch.nn.Module):
             self.layout_bias_index,
             self.layout_bias_value,
             self.layout_compiled_index,
+            self.layout_compiled_field_sum,
+            self.layout_compiled_bias_grad,
             self.layout_compiled_value,
         ]
-        y = torch.ops.eqnorm.field_norm(rows, weight, bias, layout, ptr, last, batch, self.eps)[0]
+        y = torch.ops.eqnorm.field_norm(rows, self.weight, self.bias, layout, ptr, last, batch, self.eps)[0]
         return y.reshape(x.shape)
 
     def reset_parameters(self) -> None:
@@ -114,15 +110,6 @@ class LayoutModule(torch.nn.Module):
     def layout_tensors(self) -> LayoutTensors:
         buffers = self._buffers  # straight from the dict: this runs on every call
         return LayoutTensors._make([buffers[key] for key in _LAYOUT_KEYS])
-
-    def parameters_or_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(weight, bias)`` as the op takes them."""
-        params, buffers = self._parameters, self._buffers  # straight from the dicts: this runs on every call
-        weight, bias = params.get("weight"), params.get("bias")
-        return (
-            buffers["unit_weight"] if weight is None else weight,  # type: ignore[return-value]
-            buffers["zero_bias"] if bias is None else bias,
-        )
 
     def _apply(self, fn: Any, recurse: bool = True) -> LayoutModule:
         super()._apply(fn, recurse)
@@ -185,8 +172,8 @@ class FieldNorm(LayoutModule):
     def eager_forward(self, x: torch.Tensor, ptr: torch.Tensor | None = None) -> torch.Tensor:
         """``forward`` in Python: the input checked against the layout, then the fastest route to the op."""
         check_input(x, self.layout)
-        weight, bias = self.parameters_or_constants()
-        return field_norm(x, weight, bias, self.layout_tensors, self.eps, ptr=ptr)[0]
+        params = self._parameters  # straight from the dict: this runs on every call
+        return field_norm(x, params["weight"], params["bias"], self.layout_tensors, self.eps, ptr=ptr)[0]
 
     def scripted_forward(self, x: torch.Tensor, ptr: torch.Tensor | None = None) -> torch.Tensor:
         """``forward`` as TorchScript runs it (LAMMPS, ``e3nn.util.jit``): the registered op, which checks its

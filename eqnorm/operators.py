@@ -46,7 +46,7 @@ class LayoutOperators(NamedTuple):
 
 
 class LayoutTensors(NamedTuple):
-    r"""The layout as ``torch.ops.eqnorm.field_norm`` takes it: twelve small tensors, sparse where the operators are.
+    r"""The layout as ``torch.ops.eqnorm.field_norm`` takes it: fourteen small tensors, sparse where the operators are.
 
     With ``C`` channels, ``G`` groups, ``L`` centering coordinates (one per irrep coordinate of a (group, irrep type)
     class), ``K`` basis entries and ``B`` bias entries:
@@ -61,9 +61,10 @@ class LayoutTensors(NamedTuple):
     - ``bias_channel``, ``bias_index`` ``(B,)`` int64 and ``bias_value`` ``(B,)`` float:
       :math:`b_c = \sum_{j:\,c_j = c} v_j\,\mathrm{bias}_{t_j}`.
 
-    - ``compiled_index`` int64 and ``compiled_value`` float64: the same operators compiled for the kernels, their
-      entries sorted by the output they feed (:mod:`eqnorm.compiled`). The entry lists above serve the differentiable
-      ATen form.
+    - ``compiled_index``, ``compiled_field_sum``, ``compiled_bias_grad`` int64 and ``compiled_value`` float64: the
+      same operators compiled for the kernels, their entries sorted by the output they feed (:mod:`eqnorm.compiled`);
+      the sizes of the second and third give the numbers of fields ``F`` and of trivial copies ``T``. The entry lists
+      above serve the differentiable ATen form.
 
     Float entries are float64; the ops read them in the accumulation dtype of the input.
     """
@@ -79,6 +80,8 @@ class LayoutTensors(NamedTuple):
     bias_index: torch.Tensor
     bias_value: torch.Tensor
     compiled_index: torch.Tensor
+    compiled_field_sum: torch.Tensor
+    compiled_bias_grad: torch.Tensor
     compiled_value: torch.Tensor
 
 

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from strategies import layout_of, specs
 
 import eqnorm
-from eqnorm import _ops
 from eqnorm.coefficients import affine_coefficients
 from eqnorm.layout import FieldLayout
 
@@ -42,7 +41,7 @@ def reference(layout, mean, m2, counts, positions, weight, bias, sum_dy_x, sum_d
 
 
 def run(executor, layout, mean, m2, counts, positions, weight, bias, eps, cotangents=(None, None)):
-    return _ops._C._coefficient_map(
+    return torch.ops.eqnorm_testing.coefficient_map(
         executor, mean, m2, counts, positions, weight, bias, list(layout.tensors), eps, *cotangents
     )
 
@@ -103,8 +102,12 @@ def test_each_phase_reads_only_its_own_entries(make):
     layout = make()
     rows = 4
     mean, m2, _, positions, weight, bias, _, _ = statistics(layout, rows, False, 1)
-    forward = _ops._C._coefficient_visits(mean, m2, positions, weight, bias, list(layout.tensors), 1e-5, False)
-    backward = _ops._C._coefficient_visits(mean, m2, positions, weight, bias, list(layout.tensors), 1e-5, True)
+    forward = torch.ops.eqnorm_testing.coefficient_visits(
+        mean, m2, positions, weight, bias, list(layout.tensors), 1e-5, False
+    )
+    backward = torch.ops.eqnorm_testing.coefficient_visits(
+        mean, m2, positions, weight, bias, list(layout.tensors), 1e-5, True
+    )
     expected_forward = [rows, rows, rows, 1, 0, 0]  # the bias of each channel once per call
     expected_backward = [2 * rows, 2 * rows, 2 * rows, 1, 1, 1]
     for name, f, b, ef, eb in zip(

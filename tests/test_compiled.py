@@ -21,12 +21,18 @@ def decode(layout: FieldLayout) -> tuple[dict[str, np.ndarray], np.ndarray]:
     shapes = {"class_sum": (L, C), "center": (C, L), "group_mean": (G, C), "channel_bias": (C, T),
               "bias_grad": (T, C), "field_sum": (F, C)}  # fmt: skip
     index, value = t.compiled_index.numpy(), t.compiled_value.numpy()
+    own = {"bias_grad": t.compiled_bias_grad.numpy(), "field_sum": t.compiled_field_sum.numpy()}
     dense = {}
     for name in OPERATORS:
         outputs, sources = shapes[name]
-        ptr = index[: outputs + 1]
+        array = own.get(name, index)
+        ptr = array[: outputs + 1]
         entries = ptr[-1]
-        source, index = index[outputs + 1 : outputs + 1 + entries], index[outputs + 1 + entries :]
+        source, rest = array[outputs + 1 : outputs + 1 + entries], array[outputs + 1 + entries :]
+        if name in own:
+            assert rest.size == 0, f"{name}: its tensor holds exactly its offsets and sources"
+        else:
+            index = rest
         vals, value = value[:entries], value[entries:]
         assert (np.diff(ptr) >= 0).all() and ptr[0] == 0
         matrix = np.zeros((outputs, sources))
@@ -124,6 +130,8 @@ def test_compiling_reproduces_the_layout():
     layout = FieldLayout([["s", "v"], ["s"], ["v"], ["s", "s"]], {"s": 1, "v": 2}, {"s"}, [0, 1, 0, 1])
     compiled = compile_layout(**entry_lists(layout))
     assert torch.equal(compiled.indices, layout.tensors.compiled_index)
+    assert torch.equal(compiled.field_sum, layout.tensors.compiled_field_sum)
+    assert torch.equal(compiled.bias_grad, layout.tensors.compiled_bias_grad)
     assert torch.equal(compiled.values, layout.tensors.compiled_value)
 
 

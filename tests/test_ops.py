@@ -1,6 +1,8 @@
 """eqnorm::field_norm and its backward against the pure-PyTorch reference, on every layout, dtype and awkward size,
 CPU and CUDA; opcheck; refusal of parameters and layouts that do not match."""
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given
@@ -81,6 +83,60 @@ def test_forward_and_backward_match_reference(device, dtype):
             torch.testing.assert_close(g.double(), r, atol=tol * 20 * scale, rtol=tol * 10, msg=f"{name} {what}")
 
 
+ABSENT = [(False, False), (True, False), (False, True)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("has_weight", "has_bias"), ABSENT, ids=["neither", "weight only", "bias only"])
+def test_absent_parameters_are_a_weight_of_one_and_a_bias_of_zero(device, has_weight, has_bias):
+    """None for weight or bias (torch's native_group_norm convention) computes what ones and zeros compute, in the
+    compiled op and the pure-PyTorch form, and gives no gradient for the absent parameter."""
+    w, b = parameters(device)
+    ones, zeros = torch.ones_like(w), torch.zeros_like(b)
+    for name, x64, last, ptr, batch in cases(device):
+        x, xr = x64.clone().requires_grad_(), x64.clone().requires_grad_()
+        weight = w.clone().requires_grad_() if has_weight else None
+        bias = b.clone().requires_grad_() if has_bias else None
+        layout = _layout(device)
+        y = torch.ops.eqnorm.field_norm(x, weight, bias, list(layout), ptr, last, batch, 1e-5)[0]
+        wr = ones if weight is None else weight.detach().clone().requires_grad_()
+        br = zeros if bias is None else bias.detach().clone().requires_grad_()
+        yr = torch.ops.eqnorm.field_norm(xr, wr, br, list(layout), ptr, last, batch, 1e-5)[0]
+        pure = _ops.torch_field_norm(x64, weight, bias, layout, ptr, last, batch, 1e-5)[0]
+        torch.testing.assert_close(y, yr, atol=0, rtol=0, msg=name)
+        torch.testing.assert_close(pure, yr.detach(), atol=1e-12, rtol=1e-12, msg=name)
+        dy = torch.randn_like(y)
+        given = [t for t in (weight, bias) if t is not None]
+        got = torch.autograd.grad(y, [x, *given], dy)
+        want = torch.autograd.grad(yr, [xr, *(t for t in (wr, br) if t.requires_grad)], dy)
+        for g, r in zip(got, want, strict=True):
+            torch.testing.assert_close(g, r, atol=1e-12, rtol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask", [m for m in itertools.product([False, True], repeat=3) if any(m)])
+def test_backward_computes_what_its_output_mask_asks_for(device, mask):
+    """Each of (dx, dweight, dbias) is None where the mask says False, and otherwise what the full backward gives;
+    without weight or bias their gradient is None whatever the mask."""
+    w, b = parameters(device)
+    for name, x, last, ptr, batch in cases(device):
+        layout = list(_layout(device))
+        _, mean, m2 = torch.ops.eqnorm.field_norm(x, w, b, layout, ptr, last, batch, 1e-5)
+        dy = torch.randn_like(x)
+        full = torch.ops.eqnorm.field_norm_backward(dy, x, mean, m2, w, b, layout, ptr, last, batch, 1e-5, [True] * 3)
+        part = torch.ops.eqnorm.field_norm_backward(dy, x, mean, m2, w, b, layout, ptr, last, batch, 1e-5, list(mask))
+        for wanted, got, want, what in zip(mask, part, full, ("dx", "dweight", "dbias"), strict=True):
+            if not wanted:
+                assert got is None, f"{name}: {what} computed though the mask says no"
+            else:
+                torch.testing.assert_close(got, want, atol=0, rtol=0, msg=f"{name} {what}")
+        _, mean, m2 = torch.ops.eqnorm.field_norm(x, None, None, layout, ptr, last, batch, 1e-5)
+        none = torch.ops.eqnorm.field_norm_backward(
+            dy, x, mean, m2, None, None, layout, ptr, last, batch, 1e-5, list(mask)
+        )
+        assert none[1] is None and none[2] is None, name
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", [torch.ops.eqnorm.field_norm, _ops.torch_field_norm], ids=["compiled", "torch"])
 def test_float32_variance_overflow_gives_nan_never_a_finite_wrong_output(device, op):
@@ -112,7 +168,41 @@ def test_opcheck(device):
         args = (x.requires_grad_(), w.requires_grad_(), b, list(_layout(device)), ptr, last, batch, 1e-5)
         torch.library.opcheck(torch.ops.eqnorm.field_norm.default, args)
         y, mean, m2 = torch.ops.eqnorm.field_norm(*args)
-        back = (torch.randn_like(y), x.detach(), mean, m2, w.detach(), b, list(_layout(device)), ptr, last, batch, 1e-5)
+        mask = [True, True, True]
+        back = (
+            torch.randn_like(y),
+            x.detach(),
+            mean,
+            m2,
+            w.detach(),
+            b,
+            list(_layout(device)),
+            ptr,
+            last,
+            batch,
+            1e-5,
+            mask,
+        )
+        torch.library.opcheck(
+            torch.ops.eqnorm.field_norm_backward.default, back, test_utils=("test_schema", "test_faketensor")
+        )
+        bare = (x, None, None, list(_layout(device)), ptr, last, batch, 1e-5)
+        torch.library.opcheck(torch.ops.eqnorm.field_norm.default, bare)
+        y, mean, m2 = torch.ops.eqnorm.field_norm(*bare)
+        back = (
+            torch.randn_like(y),
+            x.detach(),
+            mean,
+            m2,
+            None,
+            None,
+            list(_layout(device)),
+            ptr,
+            last,
+            batch,
+            1e-5,
+            [True, False, False],
+        )
         torch.library.opcheck(
             torch.ops.eqnorm.field_norm_backward.default, back, test_utils=("test_schema", "test_faketensor")
         )
@@ -199,12 +289,20 @@ def test_wide_channels_last_rows_match_reference(dtype, ptr, positions):
 
 
 @pytest.mark.parametrize(
-    ("weight", "bias"), [(5, 4), (4, 3), (4, 5)], ids=["weight too long", "bias too short", "bias too long"]
+    ("weight", "bias", "message"),
+    [
+        (5, 4, r"weight must have shape \(4,\), one entry per field of the layout, got shape \[5\]"),
+        (4, 3, r"bias must have shape \(4,\), one entry per trivial irrep copy of the layout, got shape \[3\]"),
+        (None, 5, r"bias must have shape \(4,\)"),
+        (3, None, r"weight must have shape \(4,\)"),
+    ],
+    ids=["weight too long", "bias too short", "bias too long without weight", "weight too short without bias"],
 )
-def test_parameters_that_do_not_match_the_layout_are_refused(weight, bias):
+def test_parameters_that_do_not_match_the_layout_are_refused(weight, bias, message):
     x = torch.randn(2, 8, 3, dtype=torch.float64)
-    w, b = torch.ones(weight, dtype=torch.float64), torch.zeros(bias, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="weight must have one entry per field and bias one per trivial irrep copy"):
+    w = None if weight is None else torch.ones(weight, dtype=torch.float64)
+    b = None if bias is None else torch.zeros(bias, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=message):
         torch.ops.eqnorm.field_norm(x, w, b, list(LAYOUT.tensors), None, False, False, 1e-5)
 
 
@@ -239,7 +337,7 @@ def test_fused_backward_refuses_to_be_differentiated():
     _, mean, m2 = torch.ops.eqnorm.field_norm(x, w, b, list(LAYOUT.tensors), None, False, False, 1e-5)
     with pytest.raises(RuntimeError, match="not differentiable"):
         torch.ops.eqnorm.field_norm_backward(
-            torch.ones_like(x), x, mean, m2, w, b, list(LAYOUT.tensors), None, False, False, 1e-5
+            torch.ones_like(x), x, mean, m2, w, b, list(LAYOUT.tensors), None, False, False, 1e-5, [True, True, True]
         )
 
 

@@ -26,8 +26,7 @@ def offsets(draw: st.DrawFn) -> list[int]:
 
 
 def reference(x: torch.Tensor, ptr: torch.Tensor, norm: FieldNorm) -> torch.Tensor:
-    w, b = norm.parameters_or_constants()
-    return _ops.torch_field_norm(x, w, b, norm.layout_tensors, ptr, True, False, norm.eps)[0]
+    return _ops.torch_field_norm(x, norm.weight, norm.bias, norm.layout_tensors, ptr, True, False, norm.eps)[0]
 
 
 @compiled_only

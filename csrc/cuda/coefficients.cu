@@ -129,7 +129,7 @@ cudaError_t coefficients_backward(const eqnorm_map::Map<double>& l, const A* wei
 template <typename A>
 cudaError_t parameter_gradients(const eqnorm_map::Map<double>& l, const A* gw, const A* g_beta, A* dweight, A* dbias,
                                 cudaStream_t stream) {
-  const int64_t outputs = std::max(l.F, l.NB);
+  const int64_t outputs = std::max(dweight ? l.F : 0, dbias ? l.NB : 0);  // nullptr: not asked for
   if (outputs == 0) return cudaSuccess;
   const int blocks = int(std::min<int64_t>((outputs + kThreads - 1) / kThreads, 1024));
   parameter_sums<A><<<blocks, kThreads, 0, stream>>>(l, gw, g_beta, dweight, dbias);

@@ -30,7 +30,8 @@ cudaError_t coefficients_backward(const eqnorm_map::Map<double>& l, const A* wei
                                   const Statistics<A>& st, const A* g_a, const A* g_beta, A* a, A* u, A* v, A* gw,
                                   A* scratch, cudaStream_t stream);
 
-// dweight (F,) and dbias (NB,) from gw and g_beta summed over rows (C,).
+// dweight (F,) and dbias (NB,) from gw and g_beta summed over rows (C,); either may be nullptr (not asked for).
+// weight and bias, above, may be nullptr too: a weight of 1, a bias of 0.
 template <typename A>
 cudaError_t parameter_gradients(const eqnorm_map::Map<double>& l, const A* gw, const A* g_beta, A* dweight, A* dbias,
                                 cudaStream_t stream);
