@@ -15,7 +15,8 @@ Statistics are float32 for float16/bfloat16/float32 inputs and float64 for float
 
 The compiled extension ``eqnorm._C`` registers the ops (C++ on the CPU, CUDA on GPUs). Where it is missing, or
 ``EQNORM_BACKEND=torch`` is set, :func:`torch_field_norm` runs instead: plain ATen operations, differentiable to any
-order and usable under every ``torch.func`` transform.
+order and usable under every ``torch.func`` transform; :mod:`eqnorm._pure_kernels` registers it as the op there, so
+``torch.ops.eqnorm.field_norm`` (and TorchScript, which calls it) works on every installation and device.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
+from . import _pure_kernels
 from .coefficients import affine_coefficients, gather, scatter_sum
 from .layout import LayoutTensors
 
@@ -63,6 +65,16 @@ _COMPILED = {
     for device, key, name in (("cpu", "CPU", "cpp"), ("cuda", "CUDA", "cuda"))
     if _EXTENSION and not _FORCE_TORCH and torch._C._dispatch_has_kernel_for_dispatch_key("eqnorm::field_norm", key)
 }
+
+
+# Every device the extension has no kernel for (all of them where it is missing) runs the pure-PyTorch kernels through
+# the same op.
+_pure_kernels.register(
+    _EXTENSION,
+    ["CompositeImplicitAutograd"]
+    if not _EXTENSION
+    else [f"Autograd{key}" for key in ("CPU", "CUDA", "MPS", "XPU") if key.lower() not in _COMPILED],
+)
 
 
 def kernel_backend(device: torch.device | str = "cpu") -> str:
@@ -150,7 +162,9 @@ def torch_field_norm(
     if x.numel() == 0 and not (batch and pool is not pool_batch):  # a process's share of a synchronised batch
         # may be empty: it still joins the pool's collective
         stats = x.new_zeros(statistics_shape(x, channels_last, ptr), dtype=accumulation_dtype(x.dtype))
-        return x.clone(), stats, stats.clone()
+        # y still depends on the parameters, so that their gradients are zeros (as the compiled op's), not None
+        unused = sum((p.sum() * 0 for p in (weight, bias) if p is not None), x.new_zeros(()))
+        return x + unused.to(x.dtype), stats, stats.clone()
     mean, m2, positions, rows = torch_moments(x, channels_last, ptr)
     pooled = pool(mean, m2, positions) if batch else (mean, m2, positions)  # type: ignore[arg-type]
     a, beta = affine_coefficients(*pooled, weight, bias, t, eps)

@@ -125,8 +125,8 @@ def test_export_returns_the_module_in_eval_mode_as_escnn_does():
     assert not exported.training and not layer.training  # escnn: "export ... and set to 'eval' mode"
     x = sample_input(layer)
     torch.testing.assert_close(exported(x.tensor), layer.eval()(x).tensor)
-    if kernel_backend("cpu") != "torch":  # and the exported module scripts, for deployment
-        torch.testing.assert_close(torch.jit.script(exported)(x.tensor), exported(x.tensor))
+    # and the exported module scripts, for deployment (the op exists without the compiled kernels too)
+    torch.testing.assert_close(torch.jit.script(exported)(x.tensor), exported(x.tensor))
 
 
 def test_arguments_after_in_type_mean_the_same_in_every_layer():
