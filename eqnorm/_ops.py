@@ -67,16 +67,6 @@ _COMPILED = {
 }
 
 
-# Every device the extension has no kernel for (all of them where it is missing) runs the pure-PyTorch kernels through
-# the same op.
-_pure_kernels.register(
-    _EXTENSION,
-    ["CompositeImplicitAutograd"]
-    if not _EXTENSION
-    else [f"Autograd{key}" for key in ("CPU", "CUDA", "MPS", "XPU") if key.lower() not in _COMPILED],
-)
-
-
 def kernel_backend(device: torch.device | str = "cpu") -> str:
     """Which implementation of the layer runs on ``device``: ``"cpp"``, ``"cuda"`` or ``"torch"``."""
     return _COMPILED.get(torch.device(device).type, "torch")
@@ -172,6 +162,17 @@ def torch_field_norm(
     return y.to(x.dtype), mean, m2
 
 
+# Every device the extension has no kernel for (all of them where it is missing) runs the pure-PyTorch kernels through
+# the same op.
+_pure_kernels.register(
+    _EXTENSION,
+    ["CompositeImplicitAutograd"]
+    if not _EXTENSION
+    else [f"Autograd{key}" for key in ("CPU", "CUDA", "MPS", "XPU") if key.lower() not in _COMPILED],
+    lambda x, weight, bias, layout, *args: torch_field_norm(x, weight, bias, LayoutTensors(*layout), *args),
+)
+
+
 def field_norm(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -241,19 +242,9 @@ if _EXTENSION:
 
     @torch.library.register_fake("eqnorm::field_norm_backward")
     def _field_norm_backward_fake(
-        dy: torch.Tensor,
-        x: torch.Tensor,
-        mean: torch.Tensor,
-        m2: torch.Tensor,
-        weight: torch.Tensor | None,
-        bias: torch.Tensor | None,
-        layout: list[torch.Tensor],
-        ptr: torch.Tensor | None,
-        channels_last: bool,
-        batch: bool,
-        eps: float,
-        output_mask: list[bool],
+        dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, *args: Any
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        weight, bias, output_mask = args[0], args[1], args[-1]  # between them: layout, ptr, channels_last, batch, eps
         dx = torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None
         dweight = torch.empty_like(weight) if output_mask[1] and weight is not None else None
         return dx, dweight, torch.empty_like(bias) if output_mask[2] and bias is not None else None

@@ -1,23 +1,22 @@
 r"""The pure-PyTorch kernels as the op's implementation wherever no compiled kernel is registered.
 
 ``torch.ops.eqnorm.field_norm`` and ``field_norm_backward`` exist on every installation and device: where the compiled
-extension is missing, this module defines their schemas (those of ``csrc/schemas.cpp``) and registers
-:func:`~eqnorm._ops.torch_field_norm` for every device (``CompositeImplicitAutograd``: autograd, ``torch.func``,
-``torch.compile`` and TorchScript see its ATen operations); where the extension is loaded, it registers the same
-kernels at the autograd key of every device the extension has no kernel for (``AutogradMPS``, say), and of the CPU too
-when ``EQNORM_BACKEND=torch`` chose the pure-PyTorch kernels. Which implementation a device runs is the dispatcher's
-table, read back by :func:`eqnorm.kernel_backend`.
+extension is missing, :func:`register` defines their schemas (those of ``csrc/schemas.cpp``) and registers the
+pure-PyTorch forward (:func:`eqnorm._ops.torch_field_norm`) for every device (``CompositeImplicitAutograd``:
+autograd, ``torch.func``, ``torch.compile`` and TorchScript see its ATen operations); where the extension is loaded,
+it registers the same kernels at the autograd key of every device the extension has no kernel for (``AutogradMPS``,
+say), and of the CPU too when ``EQNORM_BACKEND=torch`` chose the pure-PyTorch kernels. Which implementation a device
+runs is the dispatcher's table, read back by :func:`eqnorm.kernel_backend`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
-from .operators import LayoutTensors
-
-__all__ = ["SCHEMAS", "register"]
+__all__ = ["SCHEMAS", "backward_of", "register"]
 
 #: the ops' schemas, exactly as csrc/schemas.cpp defines them (tests/test_pure_kernels.py compares them)
 SCHEMAS = (
@@ -28,62 +27,42 @@ SCHEMAS = (
     "-> (Tensor?, Tensor?, Tensor?)",
 )
 
-
-def field_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    layout: list[torch.Tensor],
-    ptr: torch.Tensor | None,
-    channels_last: bool,
-    batch: bool,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``eqnorm::field_norm`` by :func:`~eqnorm._ops.torch_field_norm`."""
-    from ._ops import torch_field_norm
-
-    return torch_field_norm(x, weight, bias, LayoutTensors(*layout), ptr, channels_last, batch, eps)
+#: ``field_norm``: ``(x, weight, bias, layout, ptr, channels_last, batch, eps) -> (y, mean, m2)``
+Forward = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+#: ``(dx, dweight, dbias)``, each ``None`` where not computed
+Gradients = tuple[torch.Tensor | None, ...]
 
 
-def field_norm_backward(
-    dy: torch.Tensor,
-    x: torch.Tensor,
-    mean: torch.Tensor,
-    m2: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    layout: list[torch.Tensor],
-    ptr: torch.Tensor | None,
-    channels_last: bool,
-    batch: bool,
-    eps: float,
-    output_mask: list[bool],
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """``eqnorm::field_norm_backward``: autograd through :func:`field_norm` (the statistics are recomputed), the
-    gradients ``output_mask`` asks for, ``None`` for the others and for an absent parameter."""
-    given = (x, weight, bias)
-    inputs = [None if t is None else t.detach().requires_grad_(w) for t, w in zip(given, output_mask, strict=True)]
-    wanted = [t for t in inputs if t is not None and t.requires_grad]
-    with torch.enable_grad():
-        y = field_norm(inputs[0], inputs[1], inputs[2], layout, ptr, channels_last, batch, eps)[0]  # type: ignore[arg-type]
-        grads = iter(torch.autograd.grad(y, wanted, dy, allow_unused=True) if wanted else ())
-    out: list[torch.Tensor | None] = []
-    for t in inputs:
-        if t is None or not t.requires_grad:
-            out.append(None)
-            continue
-        g = next(grads)
-        out.append(torch.zeros_like(t) if g is None else g)
-    return out[0], out[1], out[2]
+def backward_of(forward: Forward) -> Callable[..., Gradients]:
+    """``field_norm_backward`` from a differentiable ``forward``: autograd through it (the statistics recomputed),
+    the gradients ``output_mask`` asks for, ``None`` for the others and for an absent parameter."""
+
+    def field_norm_backward(
+        dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, *args: Any
+    ) -> Gradients:
+        *rest, output_mask = args  # rest: the forward's arguments after x, from weight and bias on
+        given = zip((x, *rest[:2]), output_mask, strict=True)
+        inputs = [None if t is None else t.detach().requires_grad_(wanted) for t, wanted in given]
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        with torch.enable_grad():
+            y = forward(*inputs, *rest[2:])[0]
+            grads = iter(torch.autograd.grad(y, wanted, dy, allow_unused=True) if wanted else ())
+        out: list[torch.Tensor | None] = []
+        for t in inputs:
+            g = next(grads) if t is not None and t.requires_grad else None
+            out.append(torch.zeros_like(t) if g is None and t is not None and t.requires_grad else g)
+        return tuple(out)
+
+    return field_norm_backward
 
 
 #: the registrations made, kept alive: a library's registrations end when it is collected
 _LIBRARIES: list[torch.library.Library] = []
 
 
-def register(defined: bool, keys: Iterable[str]) -> None:
-    """Register the pure kernels at each dispatch key of ``keys``, after defining the schemas unless ``defined``
-    (the compiled extension defined them)."""
+def register(defined: bool, keys: Iterable[str], forward: Forward) -> None:
+    """Register ``forward`` and its backward as the ops at each dispatch key of ``keys``, after defining the schemas
+    unless ``defined`` (the compiled extension defined them)."""
     keys = list(keys)
     if not keys:
         return
@@ -92,6 +71,6 @@ def register(defined: bool, keys: Iterable[str]) -> None:
         for schema in SCHEMAS:
             lib.define(schema)
     for key in keys:
-        lib.impl("field_norm", field_norm, key)
-        lib.impl("field_norm_backward", field_norm_backward, key)
+        lib.impl("field_norm", forward, key)
+        lib.impl("field_norm_backward", backward_of(forward), key)
     _LIBRARIES.append(lib)
