@@ -40,6 +40,7 @@ MATH_FREE = {
     "sample_elements",
     "random_input",
     "CheckResult",
+    "CheckSettings",
     "Measurement",
     "Replacement",
 }

@@ -17,13 +17,22 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ._actions import act
 
-__all__ = ["CheckResult", "Measurement", "Tolerance", "check_e3nn", "check_escnn", "element_label", "restored"]
+__all__ = [
+    "CheckResult",
+    "CheckSettings",
+    "Measurement",
+    "Tolerance",
+    "check_e3nn",
+    "check_escnn",
+    "element_label",
+    "restored",
+]
 
 
 @dataclass
@@ -44,6 +53,18 @@ class Tolerance:
 
     def accepts(self, abs_error: float, rel_error: float) -> bool:
         return abs_error <= self.atol or rel_error <= self.rtol
+
+
+class CheckSettings(NamedTuple):
+    """What every check of a run shares: the modes (``"train"``, ``"eval"``), the dtype, the tolerance, how many group
+    elements to sample, the seed of the random inputs and elements, and whether input gradients are checked too."""
+
+    modes: Sequence[str]
+    dtype: torch.dtype
+    tolerance: Tolerance
+    samples: int = 16
+    seed: int = 0
+    grad: bool = False
 
 
 @dataclass
@@ -255,12 +276,7 @@ def _contains_batch_norm(module: Any) -> bool:
 
 def check_escnn(
     module: Any,
-    modes: Sequence[str],
-    dtype: torch.dtype,
-    tolerance: Tolerance,
-    samples: int = 16,
-    seed: int = 0,
-    grad: bool = False,
+    settings: CheckSettings,
     interpolation_rtol: float | None = None,
     x: torch.Tensor | None = None,
     layer: bool = False,
@@ -277,6 +293,7 @@ def check_escnn(
 
     from ..escnn import grid_elements, is_grid_symmetry, sample_elements
 
+    modes, dtype, tolerance, samples, seed, grad = settings
     in_type, out_type = module.in_type, module.out_type
     gspace = in_type.gspace
     gen = torch.Generator().manual_seed(seed)
@@ -379,12 +396,7 @@ def _gradient_check(
 
 def check_e3nn(
     module: Any,
-    modes: Sequence[str],
-    dtype: torch.dtype,
-    tolerance: Tolerance,
-    samples: int = 16,
-    seed: int = 0,
-    grad: bool = False,
+    settings: CheckSettings,
     x: torch.Tensor | None = None,
     inputs: dict[str, Any] | None = None,
 ) -> list[CheckResult]:
@@ -394,6 +406,7 @@ def check_e3nn(
     ``num_graphs`` of per-graph modules); with ``batch`` or ``ptr``, batch independence moves whole graphs."""
     from e3nn import o3
 
+    modes, dtype, tolerance, samples, seed, grad = settings
     irreps_in = o3.Irreps(module.irreps_in)
     irreps_out = None if module.irreps_out is None else o3.Irreps(module.irreps_out)  # None: invariant outputs
     gen = torch.Generator().manual_seed(seed)

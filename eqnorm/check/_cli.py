@@ -29,7 +29,16 @@ from typing import Any
 import torch
 
 from .._optional import ESCNN_EXTRA, escnn_available
-from ._checks import CheckResult, Tolerance, check_e3nn, check_escnn, e3nn_input, escnn_input, restored
+from ._checks import (
+    CheckResult,
+    CheckSettings,
+    Tolerance,
+    check_e3nn,
+    check_escnn,
+    e3nn_input,
+    escnn_input,
+    restored,
+)
 from ._layers import LayerReport, check_layers
 from ._spaces import FIELD_NAMES, UsageError, field_type, gspace
 from ._whole import WholeModel
@@ -232,22 +241,17 @@ def run_checks(args: argparse.Namespace) -> Report:
         "device": args.device,
         "notes": notes,
     }
-    common: dict[str, Any] = {
-        "modes": modes,
-        "dtype": dtype,
-        "tolerance": tolerance,
-        "samples": args.samples,
-        "seed": args.seed,
-    }
+    settings = CheckSettings(modes, dtype, tolerance, args.samples, args.seed, args.grad)
     if escnn:
-        results = check_escnn(module, grad=args.grad, interpolation_rtol=args.interpolation_rtol, x=x, **common)
+        results = check_escnn(module, settings, interpolation_rtol=args.interpolation_rtol, x=x)
     else:
-        results = check_e3nn(module, grad=args.grad, x=x, inputs=extra, **common)
+        results = check_e3nn(module, settings, x=x, inputs=extra)
     layers: list[LayerReport] = []
     if not args.no_layers:
-        with restored(module):  # in the checked dtype, then as it was
+        with restored(module):  # in the checked dtype, then as it was; layers without the gradient checks
             module.to(dtype)
-            layers = check_layers(module, lambda: _run_once(module, x, extra, escnn, dtype, args.seed), **common)
+            run = lambda: _run_once(module, x, extra, escnn, dtype, args.seed)  # noqa: E731
+            layers = check_layers(module, run, settings._replace(grad=False))
     return Report(header, results, layers)
 
 

@@ -10,13 +10,13 @@ cannot have.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ._checks import CheckResult, Tolerance, check_e3nn, check_escnn
+from ._checks import CheckResult, CheckSettings, check_e3nn, check_escnn
 
 __all__ = ["LayerReport", "check_layers"]
 
@@ -94,11 +94,7 @@ def _candidates(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, Any]
 def check_layers(
     model: torch.nn.Module,
     run_model: Callable[[], Any],
-    modes: Sequence[str],
-    dtype: torch.dtype,
-    tolerance: Tolerance,
-    samples: int,
-    seed: int,
+    settings: CheckSettings,
 ) -> list[LayerReport]:
     """Check each submodule of ``model`` alone (see the module docstring); ``run_model()`` runs the model once on its
     input, in the current mode, so that the hooks capture what each submodule receives. Reports come in the order in
@@ -153,12 +149,10 @@ def check_layers(
         extra = {"inputs": kwargs} if e3nn else {"layer": True}
         results: list[CheckResult] = []
         # the recorded input, and random data of exactly its shape: never a call the model does not make
-        for source, data in (("random input", _random_like(x, seed)), ("the model's features", x)):
+        for source, data in (("random input", _random_like(x, settings.seed)), ("the model's features", x)):
             check: Callable[..., list[CheckResult]] = check_e3nn if e3nn else check_escnn
             try:
-                found = check(
-                    module, modes=modes, dtype=dtype, tolerance=tolerance, samples=samples, seed=seed, x=data, **extra
-                )
+                found = check(module, settings, x=data, **extra)
             except Exception as error:  # the checker's own call: not the model's failure
                 note = f"the checker could not call it alone ({type(error).__name__}: {error}); skipped"
                 found = [CheckResult(f"layer alone, {source}", "", note=note)]

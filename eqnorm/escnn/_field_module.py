@@ -100,12 +100,12 @@ class FieldModule(NormAttributes, EquivariantModule):
         Raises ``AssertionError`` naming the element where the error exceeds both ``atol`` and ``rtol`` times
         ``max |g f(x)|``; returns ``(element, max abs error)`` for every element checked.
         """
-        from ..check import Tolerance, check_escnn
+        from ..check import CheckSettings, Tolerance, check_escnn
 
         modes = ["train" if (self.training if t is None else t) else "eval" for t in self.checked_modes]
         every = len(list(self.in_type.fibergroup.testing_elements()))
         x = random_input(self.in_type, dtype=torch.float64).tensor
-        results = check_escnn(self, modes, torch.float64, Tolerance(atol, rtol), samples=every, x=x)
+        results = check_escnn(self, CheckSettings(modes, torch.float64, Tolerance(atol, rtol), samples=every), x=x)
         checked = []
         for r in results:
             if r.name not in ("fiber equivariance", "grid symmetries (exact)"):

@@ -7,7 +7,7 @@ from e3nn.nn import BatchNorm
 from escnn import gspaces, nn
 
 from eqnorm import FieldBatchNorm
-from eqnorm.check import Tolerance, check_e3nn, check_escnn
+from eqnorm.check import CheckSettings, Tolerance, check_e3nn, check_escnn
 
 GS = gspaces.rot2dOnR2(4)
 FT = nn.FieldType(GS, 3 * [GS.regular_repr])
@@ -33,7 +33,7 @@ def test_an_escnn_model_is_bit_identical_after_its_checks():
     torch.manual_seed(0)
     model = nn.SequentialModule(nn.R2Conv(FT, FT, 3, padding=1), nn.InnerBatchNorm(FT), nn.ReLU(FT)).train()
     before = snapshot(model)
-    results = check_escnn(model, ["train", "eval"], torch.float64, F64, samples=4)
+    results = check_escnn(model, CheckSettings(["train", "eval"], torch.float64, F64, samples=4))
     assert_unchanged(model, before)
     assert all(r.passed for r in results if r.mode == "eval")  # the eval checks saw the model's own statistics
 
@@ -44,7 +44,7 @@ def test_an_e3nn_model_is_bit_identical_after_its_checks():
     model = torch.nn.Sequential(o3.Linear(irreps, irreps), BatchNorm(irreps)).train()
     model.irreps_in = model.irreps_out = irreps
     before = snapshot(model)
-    check_e3nn(model, ["train", "eval"], torch.float64, F64, samples=4)
+    check_e3nn(model, CheckSettings(["train", "eval"], torch.float64, F64, samples=4))
     assert_unchanged(model, before)
 
 
@@ -54,12 +54,12 @@ def test_a_dead_model_is_degenerate_in_every_mode():
     with torch.no_grad():
         dead.norm.weight.zero_()
         dead.norm.bias.zero_()
-    results = check_escnn(dead, ["train", "eval"], torch.float64, F64, samples=4)
+    results = check_escnn(dead, CheckSettings(["train", "eval"], torch.float64, F64, samples=4))
     degenerate = [r for r in results if r.name == "non-degenerate output"]
     assert [r.mode for r in degenerate] == ["train", "eval"]
     assert all(r.status == "failed" and "constant output" in r.note for r in degenerate)
     alive = FieldBatchNorm(FT)
-    assert all(r.passed for r in check_escnn(alive, ["train", "eval"], torch.float64, F64, samples=4))
+    assert all(r.passed for r in check_escnn(alive, CheckSettings(["train", "eval"], torch.float64, F64, samples=4)))
 
 
 def test_continuous_groups_get_their_exact_grid_symmetries():
@@ -68,11 +68,13 @@ def test_continuous_groups_get_their_exact_grid_symmetries():
     for gs, count in ((gspaces.rot2dOnR2(-1, maximum_frequency=2), 4), (gspaces.flipRot2dOnR2(-1, 2), 8)):
         ft = nn.FieldType(gs, [gs.irrep(*gs.fibergroup.bl_irreps(1)[-1]), gs.trivial_repr] * 2)
         model = nn.SequentialModule(nn.R2Conv(ft, ft, 3, padding=1), FieldBatchNorm(ft).eval())
-        results = check_escnn(model, ["eval"], torch.float64, F64, samples=3)
+        results = check_escnn(model, CheckSettings(["eval"], torch.float64, F64, samples=3))
         (grid,) = [r for r in results if r.name == "grid symmetries (exact)"]
         assert len(grid.measurements) == count and grid.status == "passed"
         broken = nn.SequentialModule(model, _Shift(ft))
-        (grid,) = [r for r in check_escnn(broken, ["eval"], torch.float64, F64, samples=3) if "grid" in r.name]
+        (grid,) = [
+            r for r in check_escnn(broken, CheckSettings(["eval"], torch.float64, F64, samples=3)) if "grid" in r.name
+        ]
         assert grid.status == "failed"
 
 

@@ -97,10 +97,10 @@ def test_models_copy_deepcopy_refuses_are_left_bit_identical(factory):
     )
     y = model(x).tensor
     assert main([f"{EXAMPLES}:{factory}", "--samples", "2"]) in (0, 1)  # another instance: the factory is seeded
-    from eqnorm.check import check_escnn
+    from eqnorm.check import CheckSettings, check_escnn
     from eqnorm.check._checks import Tolerance
 
-    check_escnn(model, ["train", "eval"], torch.float64, Tolerance.for_dtype(torch.float64), samples=2)
+    check_escnn(model, CheckSettings(["train", "eval"], torch.float64, Tolerance.for_dtype(torch.float64), samples=2))
     assert not model.training and all(not m.training for m in model.modules())
     after = model.state_dict(keep_vars=False)
     assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
