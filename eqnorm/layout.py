@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .groups import check_num_groups, contiguous_groups, default_num_groups, dense_group_ids, resolve_groups
-from .operators import LayoutOperators, LayoutTensors, dense_operators, index_tensors
+from .operators import LayoutOperators, LayoutTensors, dense_operators, index_tensors, tensors_on
 from .readers import field_type_fields, irreps_fields
 
 __all__ = [
@@ -95,39 +95,22 @@ class FieldLayout:
         channel_order: Sequence[int] | None = None,
         normalization: str = "component",
     ) -> None:
-        if centering not in CENTERINGS:
-            raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-        self.normalization = normalization
+        self.centering = check_choice("centering", centering, CENTERINGS)
+        self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
         if len(field_irreps) == 0:
             raise ValueError("a layout needs at least one field")
-        self.centering = centering
         self.field_irreps = [tuple(irreps) for irreps in field_irreps]
         self.field_names = (
             list(field_names) if field_names is not None else [f"field {i}" for i in range(self.num_fields)]
         )
-        for name, irreps in zip(self.field_names, self.field_irreps, strict=False):
-            if not irreps:
-                raise ValueError(f"{name} has no irreducible component; every field needs at least one")
-            for key in irreps:
-                if key not in irrep_dims:
-                    raise ValueError(f"irrep {key!r} has no entry in irrep_dims")
-        for key, dim in irrep_dims.items():
-            if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-                raise ValueError(f"irrep {key!r} must have a positive integer dimension, got {dim!r}")
         self.irrep_dims = dict(irrep_dims)
         self.trivial = frozenset(trivial)
-        for key in self.trivial:
-            if key in self.irrep_dims and self.irrep_dims[key] != 1:
-                raise ValueError(f"trivial irrep {key!r} must have dimension 1, got {self.irrep_dims[key]}")
+        check_irreps(self.field_names, self.field_irreps, self.irrep_dims, self.trivial)
         self.field_sizes = [sum(self.irrep_dims[k] for k in irreps) for irreps in self.field_irreps]
         self.num_channels = sum(self.field_sizes)
         self.groups = dense_group_ids(groups, self.num_fields)
-        self.bases = self._orthogonal_bases(change_of_basis)
-        self.channel_order = None if channel_order is None else np.asarray(channel_order, dtype=np.int64)
-        if self.channel_order is not None and sorted(self.channel_order.tolist()) != list(range(self.num_channels)):
-            raise ValueError(f"channel_order must be a permutation of range({self.num_channels})")
+        self.bases = orthogonal_bases(self.field_names, self.field_sizes, change_of_basis)
+        self.channel_order = None if channel_order is None else permutation(channel_order, self.num_channels)
         self._float64 = dense_operators(self)
         self._operators: dict[tuple[torch.dtype, torch.device], LayoutOperators] = {}
         # built eagerly, on the CPU: modules register them as buffers, and nothing traced ever fills a cache
@@ -146,25 +129,6 @@ class FieldLayout:
     def num_trivial(self) -> int:
         """Number of trivial irrep copies, i.e. of bias parameters."""
         return sum(key in self.trivial for irreps in self.field_irreps for key in irreps)
-
-    def _orthogonal_bases(self, change_of_basis: Sequence[Any | None] | None) -> list[np.ndarray]:
-        if change_of_basis is None:
-            change_of_basis = [None] * self.num_fields
-        if len(change_of_basis) != self.num_fields:
-            raise ValueError(f"{len(change_of_basis)} change-of-basis matrices given for {self.num_fields} fields")
-        bases = []
-        for name, size, q in zip(self.field_names, self.field_sizes, change_of_basis, strict=True):
-            q = np.eye(size) if q is None else np.asarray(q, dtype=np.float64)
-            if q.shape != (size, size):
-                raise ValueError(f"{name}: change of basis has shape {q.shape}, expected {(size, size)}")
-            err = float(np.abs(q @ q.T - np.eye(size)).max())
-            if not err <= ORTHOGONALITY_TOLERANCE:
-                raise ValueError(
-                    f"{name}: its change of basis is not orthogonal (max |Q Q^T - I| = {err:.2e}); eqnorm needs an "
-                    "orthogonal representation so that the norm of a field is invariant"
-                )
-            bases.append(q)
-        return bases
 
     @classmethod
     def from_field_type(
@@ -198,17 +162,7 @@ class FieldLayout:
 
     def tensors_on(self, device: torch.device | str) -> LayoutTensors:
         """:attr:`tensors` on ``device``, copied once per device (modules hold them as buffers instead)."""
-        device = torch.device(device)
-        if device.type == "cpu":
-            return self.tensors
-        if device in self._device_tensors:
-            return self._device_tensors[device]
-        moved = LayoutTensors(*(t.to(device) for t in self.tensors))
-        from torch._subclasses.fake_tensor import is_fake
-
-        if not torch.compiler.is_compiling() and not is_fake(moved.group_size):  # never cache a traced value
-            self._device_tensors[device] = moved
-        return moved
+        return tensors_on(self.tensors, torch.device(device), self._device_tensors)
 
     def operators(self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> LayoutOperators:
         """The dense operators of this layout (see :class:`LayoutOperators`), built once per dtype and device."""
@@ -223,3 +177,64 @@ class FieldLayout:
             f"FieldLayout(channels={self.num_channels}, fields={self.num_fields}, groups={self.num_groups}, "
             f"centering={self.centering!r}{norm})"
         )
+
+
+def check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
+    """``value``, or ``ValueError`` naming the option unless it is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def check_irreps(
+    names: Sequence[str],
+    field_irreps: Sequence[Sequence[Hashable]],
+    irrep_dims: Mapping[Hashable, int],
+    trivial: Collection[Hashable],
+) -> None:
+    """``ValueError`` naming the field or irrep unless every field has components, every irrep a positive integer
+    dimension, and every trivial irrep dimension 1."""
+    for name, irreps in zip(names, field_irreps, strict=False):
+        if not irreps:
+            raise ValueError(f"{name} has no irreducible component; every field needs at least one")
+        for key in irreps:
+            if key not in irrep_dims:
+                raise ValueError(f"irrep {key!r} has no entry in irrep_dims")
+    for key, dim in irrep_dims.items():
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise ValueError(f"irrep {key!r} must have a positive integer dimension, got {dim!r}")
+    for key in trivial:
+        if key in irrep_dims and irrep_dims[key] != 1:
+            raise ValueError(f"trivial irrep {key!r} must have dimension 1, got {irrep_dims[key]}")
+
+
+def permutation(order: Sequence[int], size: int) -> np.ndarray:
+    """``order`` as an int64 array, or ``ValueError`` unless it is a permutation of ``range(size)``."""
+    array = np.asarray(order, dtype=np.int64)
+    if sorted(array.tolist()) != list(range(size)):
+        raise ValueError(f"channel_order must be a permutation of range({size})")
+    return array
+
+
+def orthogonal_bases(
+    names: Sequence[str], sizes: Sequence[int], change_of_basis: Sequence[Any | None] | None
+) -> list[np.ndarray]:
+    r"""Each field's change of basis :math:`Q_i` as a float64 array (the identity for ``None``), or ``ValueError``
+    naming the field unless :math:`\max|Q_i Q_i^\top - I| \le` ``ORTHOGONALITY_TOLERANCE``."""
+    if change_of_basis is None:
+        change_of_basis = [None] * len(names)
+    if len(change_of_basis) != len(names):
+        raise ValueError(f"{len(change_of_basis)} change-of-basis matrices given for {len(names)} fields")
+    bases = []
+    for name, size, q in zip(names, sizes, change_of_basis, strict=True):
+        q = np.eye(size) if q is None else np.asarray(q, dtype=np.float64)
+        if q.shape != (size, size):
+            raise ValueError(f"{name}: change of basis has shape {q.shape}, expected {(size, size)}")
+        err = float(np.abs(q @ q.T - np.eye(size)).max())
+        if not err <= ORTHOGONALITY_TOLERANCE:
+            raise ValueError(
+                f"{name}: its change of basis is not orthogonal (max |Q Q^T - I| = {err:.2e}); eqnorm needs an "
+                "orthogonal representation so that the norm of a field is invariant"
+            )
+        bases.append(q)
+    return bases

@@ -14,7 +14,7 @@ from .compiled import compile_layout
 if TYPE_CHECKING:
     from .layout import FieldLayout
 
-__all__ = ["LayoutOperators", "LayoutTensors", "dense_operators", "index_tensors"]
+__all__ = ["LayoutOperators", "LayoutTensors", "dense_operators", "index_tensors", "tensors_on"]
 
 
 class LayoutOperators(NamedTuple):
@@ -83,6 +83,20 @@ class LayoutTensors(NamedTuple):
     compiled_field_sum: torch.Tensor
     compiled_bias_grad: torch.Tensor
     compiled_value: torch.Tensor
+
+
+def tensors_on(tensors: LayoutTensors, device: torch.device, cache: dict[torch.device, LayoutTensors]) -> LayoutTensors:
+    """``tensors`` (on the CPU) on ``device``, copied once per device into ``cache``; never a traced copy."""
+    if device.type == "cpu":
+        return tensors
+    if device in cache:
+        return cache[device]
+    moved = LayoutTensors(*(t.to(device) for t in tensors))
+    from torch._subclasses.fake_tensor import is_fake
+
+    if not torch.compiler.is_compiling() and not is_fake(moved.group_size):
+        cache[device] = moved
+    return moved
 
 
 def dense_operators(self: FieldLayout) -> LayoutOperators:
