@@ -12,7 +12,7 @@
 
 #include "cpu_rows.h"
 #include "field_norm.h"
-#include "layout_view.h"
+#include "compiled_view.h"
 
 namespace eqnorm {
 namespace {
@@ -57,7 +57,7 @@ struct Serial {
 
 // The compiled layout with its values in the accumulation type A, the weight and bias of each channel (phase 0 of the
 // map), and the parts a row is split into.
-template <typename A> struct HostLayout {
+template <typename A> struct HostMap {
   std::vector<A> store;
   CompiledView<A> view;
   const eqnorm_map::Map<A>& map;
@@ -66,7 +66,7 @@ template <typename A> struct HostLayout {
 
   // part_channels: the most channels a part may hold (a part holds at least the channels between two cuts); w and b
   // undefined when absent (weight and bias then nullptr)
-  HostLayout(const LayoutArgs& l, const at::Tensor& w, const at::Tensor& b,
+  HostMap(const IndexArgs& l, const at::Tensor& w, const at::Tensor& b,
              int64_t part_channels = std::numeric_limits<int64_t>::max())
       : store(l.compiled_value.numel() + l.fields() + l.trivial() + 2 * l.field_of_channel.numel()),
         view(compiled_view<A>(l, values(l.compiled_value, store.data()))), map(view.map) {
@@ -82,7 +82,7 @@ template <typename A> struct HostLayout {
     bc = channel + map.C;
     split(part_channels);
   }
-  HostLayout(const HostLayout&) = delete;  // map refers to view
+  HostMap(const HostMap&) = delete;  // map refers to view
 
   static const A* values(const at::Tensor& compiled, A* out) {
     read_values<A>(compiled, out);
@@ -112,26 +112,26 @@ template <typename A> struct Sample {
   A* arrays;
   int64_t C;
   Serial run;
-  explicit Sample(const HostLayout<A>& l, int64_t count = 0)
+  explicit Sample(const HostMap<A>& l, int64_t count = 0)
       : memory(eqnorm_map::Scratch<A>::size(l.map.C, l.map.G, l.map.L) + count * l.map.C),
         scratch(l.map.C, l.map.G, l.map.L, memory.data()),
         arrays(memory.data() + eqnorm_map::Scratch<A>::size(l.map.C, l.map.G, l.map.L)), C(l.map.C) {}
   Sample(const Sample&) = delete;  // scratch and arrays point into memory
   A* array(int64_t i) { return arrays + i * C; }
 
-  void coefficients(const HostLayout<A>& l, const eqnorm_map::Part& q, const A* m, const A* m2, A P, A eps, A* a,
+  void coefficients(const HostMap<A>& l, const eqnorm_map::Part& q, const A* m, const A* m2, A P, A eps, A* a,
                     A* beta) {
     eqnorm_map::forward(l.map, q, eqnorm_map::Row<A>{m, m2, P, eps}, l.wc, l.bc, scratch, a, beta, run);
   }
-  void coefficients_backward(const HostLayout<A>& l, const eqnorm_map::Part& q, const A* m, const A* m2, A P, A eps,
+  void coefficients_backward(const HostMap<A>& l, const eqnorm_map::Part& q, const A* m, const A* m2, A P, A eps,
                              const A* g_a, const A* g_beta, A* a, A* u, A* v, A* gw) {
     eqnorm_map::backward(l.map, q, eqnorm_map::Row<A>{m, m2, P, eps}, l.wc, g_a, g_beta, scratch, a, u, v, gw, run);
   }
   // the whole row, part by part
-  void coefficients(const HostLayout<A>& l, const A* m, const A* m2, A P, A eps, A* a, A* beta) {
+  void coefficients(const HostMap<A>& l, const A* m, const A* m2, A P, A eps, A* a, A* beta) {
     for (const eqnorm_map::Part& q : l.parts) coefficients(l, q, m, m2, P, eps, a, beta);
   }
-  void coefficients_backward(const HostLayout<A>& l, const A* m, const A* m2, A P, A eps, const A* g_a,
+  void coefficients_backward(const HostMap<A>& l, const A* m, const A* m2, A P, A eps, const A* g_a,
                              const A* g_beta, A* a, A* u, A* v, A* gw) {
     for (const eqnorm_map::Part& q : l.parts) coefficients_backward(l, q, m, m2, P, eps, g_a, g_beta, a, u, v, gw);
   }
@@ -155,7 +155,7 @@ template <typename A> struct ChunkSums {
     }
   }
   // dweight per field and dbias per trivial copy (each nullptr when not asked for)
-  void finish(const HostLayout<A>& l, A* dweight, A* dbias) const {
+  void finish(const HostMap<A>& l, A* dweight, A* dbias) const {
     std::vector<A> total(2 * C, A(0));
     for (size_t k = 0; k < weight.size() / C; ++k)
       for (int64_t c = 0; c < C; ++c) {
@@ -184,13 +184,13 @@ template <typename A> Rows<A> rows_of(const Pooled& s, const at::Tensor& mean, c
 }
 
 // The map over the rows of a call: rows under at::parallel_for (grain `grain`), each row as the layout's parts.
-Stats coefficients_cpu(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
+Stats coefficients_cpu(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const IndexArgs& args,
                        double eps, int64_t grain, int64_t part_channels) {
   const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
   at::Tensor a = at::empty_like(mean), beta = at::empty_like(mean), counts;
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm coefficients", [&] {
     using A = scalar_t;
-    const HostLayout<A> l(args, weight, bias, part_channels);
+    const HostMap<A> l(args, weight, bias, part_channels);
     const Rows<A> rows = rows_of<A>(s, mean, m2, counts);
     A *ap = a.data_ptr<A>(), *bp = beta.data_ptr<A>();
     at::parallel_for(0, mean.size(0), grain, [&](int64_t begin, int64_t end) {
@@ -215,7 +215,7 @@ struct ParameterGradients {
     if (mask[2] && b.defined()) dbias = at::zeros(b.sizes(), options);
   }
   template <typename A> static A* pointer(const at::Tensor& t) { return t.defined() ? t.data_ptr<A>() : nullptr; }
-  template <typename A, typename Sums> void finish(const Sums& sums, const HostLayout<A>& l) const {
+  template <typename A, typename Sums> void finish(const Sums& sums, const HostMap<A>& l) const {
     sums.finish(l, pointer<A>(dweight), pointer<A>(dbias));
   }
   std::tuple<at::Tensor, at::Tensor> cast() const {
@@ -226,7 +226,7 @@ struct ParameterGradients {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_cpu(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& args, double eps, OutputMask mask, int64_t grain,
+    const at::Tensor& bias, const IndexArgs& args, double eps, OutputMask mask, int64_t grain,
     int64_t part_channels) {
   const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
   const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
@@ -235,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
   at::Tensor counts;
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
     using A = scalar_t;
-    const HostLayout<A> l(args, weight, bias, part_channels);
+    const HostMap<A> l(args, weight, bias, part_channels);
     const Rows<A> rows = rows_of<A>(s, mean, m2, counts);
     const int64_t S = mean.size(0), C = rows.C;
     const A *gaxp = gax.data_ptr<A>(), *gbp = gb.data_ptr<A>();
@@ -259,14 +259,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
 
 constexpr int64_t kWholeRows = std::numeric_limits<int64_t>::max();
 
-Stats coefficients_rows(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
+Stats coefficients_rows(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const IndexArgs& args,
                         double eps) {
   return coefficients_cpu(s, weight, bias, args, eps, 16, kWholeRows);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_rows(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& args, double eps, OutputMask mask) {
+    const at::Tensor& bias, const IndexArgs& args, double eps, OutputMask mask) {
   return coefficients_backward_cpu(sum_dy_x, sum_dy, s, weight, bias, args, eps, mask, 16, kWholeRows);
 }
 
@@ -279,14 +279,14 @@ bool point_features(const at::Tensor& x, const std::optional<at::Tensor>& ptr, b
 }
 
 Outputs points_forward(const at::Tensor& x_in, const at::Tensor& weight,
-                                                             const at::Tensor& bias, const LayoutArgs& args,
+                                                             const at::Tensor& bias, const IndexArgs& args,
                                                              double eps) {
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0);
   at::Tensor y = at::empty_like(x), mean = at::empty({N, x.size(2)}, x.options()), m2 = at::empty_like(mean);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm points", [&] {
     using A = scalar_t;
-    const HostLayout<A> l(args, weight, bias);
+    const HostMap<A> l(args, weight, bias);
     const A* xp = x.data_ptr<A>();
     A *yp = y.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
     at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
@@ -309,14 +309,14 @@ Outputs points_forward(const at::Tensor& x_in, const at::Tensor& weight,
 }
 
 Outputs points_backward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& weight,
-                        const at::Tensor& bias, const LayoutArgs& args, double eps, OutputMask mask) {
+                        const at::Tensor& bias, const IndexArgs& args, double eps, OutputMask mask) {
   const at::Tensor x = x_in.contiguous(), dy = dy_in.contiguous();
   const int64_t N = x.size(0);
   at::Tensor dx = at::empty_like(x);
   const ParameterGradients grads(weight, bias, mask, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm_backward points", [&] {
     using A = scalar_t;
-    const HostLayout<A> l(args, weight, bias);
+    const HostMap<A> l(args, weight, bias);
     const int64_t C = l.map.C;
     const A *xp = x.data_ptr<A>(), *dyp = dy.data_ptr<A>();
     A* dxp = dx.data_ptr<A>();
@@ -371,7 +371,7 @@ Outputs samples_forward(const at::Tensor& x_in, const at::Tensor& weight,
   at::Tensor y = at::empty_like(x), mean = at::empty({N, C}, x.options()), m2 = at::empty({N, C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm per sample", [&] {
     using A = scalar_t;
-    const HostLayout<A> l(checked.layout, weight, bias, part_channels(P, sizeof(A)));
+    const HostMap<A> l(checked.index, weight, bias, part_channels(P, sizeof(A)));
     const A* xp = x.data_ptr<A>();
     A *yp = y.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
@@ -401,7 +401,7 @@ Outputs samples_backward(const at::Tensor& dy_in, const at::Tensor& x_in, const 
   const ParameterGradients grads(weight, bias, mask, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm_backward per sample", [&] {
     using A = scalar_t;
-    const HostLayout<A> l(checked.layout, weight, bias, part_channels(2 * P, sizeof(A)));  // dy and x
+    const HostMap<A> l(checked.index, weight, bias, part_channels(2 * P, sizeof(A)));  // dy and x
     const A *xp = x.data_ptr<A>(), *dyp = dy.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
     A* dxp = dx.data_ptr<A>();
     ChunkSums<A> sums(N, C, 1);
@@ -429,36 +429,36 @@ Outputs samples_backward(const at::Tensor& dy_in, const at::Tensor& x_in, const 
 }
 
 Outputs field_norm_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight_in,
-                       const std::optional<at::Tensor>& bias_in, at::TensorList layout,
+                       const std::optional<at::Tensor>& bias_in, at::TensorList index,
                        const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
   const at::Tensor weight = given(weight_in), bias = given(bias_in);
   if (point_features(x, ptr, last, batch))
-    return points_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, layout, ptr, last, batch).layout,
+    return points_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, index, ptr, last, batch).index,
                           eps);
   if (per_sample(x, ptr, last, batch))
-    return samples_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, layout, ptr, last, batch), eps);
-  return field_norm_forward(cpu_passes(), &coefficients_rows, x, weight, bias, layout, ptr, last, batch, eps);
+    return samples_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, index, ptr, last, batch), eps);
+  return field_norm_forward(cpu_passes(), &coefficients_rows, x, weight, bias, index, ptr, last, batch, eps);
 }
 
 Outputs backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
-                     const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                     const at::Tensor& weight, const at::Tensor& bias, at::TensorList index,
                      const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps, OutputMask mask) {
   if (point_features(x, ptr, last, batch))
     return points_backward(dy, x, weight, bias,
-                           check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch).layout, eps, mask);
+                           check_backward(dy, x, mean, m2, weight, bias, index, ptr, last, batch).index, eps, mask);
   if (per_sample(x, ptr, last, batch))
     return samples_backward(dy, x, mean, m2, weight, bias,
-                            check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch), eps, mask);
-  return field_norm_backward(cpu_passes(), &coefficients_backward_rows, dy, x, mean, m2, weight, bias, layout, ptr,
+                            check_backward(dy, x, mean, m2, weight, bias, index, ptr, last, batch), eps, mask);
+  return field_norm_backward(cpu_passes(), &coefficients_backward_rows, dy, x, mean, m2, weight, bias, index, ptr,
                              last, batch, eps, mask);
 }
 
 Gradients field_norm_backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
                                   const at::Tensor& m2, const std::optional<at::Tensor>& weight,
-                                  const std::optional<at::Tensor>& bias, at::TensorList layout,
+                                  const std::optional<at::Tensor>& bias, at::TensorList index,
                                   const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps,
                                   OutputMask mask) {
-  return gradients(backward_cpu(dy, x, mean, m2, given(weight), given(bias), layout, ptr, last, batch, eps, mask));
+  return gradients(backward_cpu(dy, x, mean, m2, given(weight), given(bias), index, ptr, last, batch, eps, mask));
 }
 
 // For the tests, torch.ops.eqnorm_testing.coefficient_map: the CPU's coefficient map by one executor, "rows" (the
@@ -468,11 +468,11 @@ std::vector<at::Tensor> coefficient_map_for_test(const std::string& executor, co
                                                  const at::Tensor& m2, const std::optional<at::Tensor>& counts,
                                                  double positions, const std::optional<at::Tensor>& weight_in,
                                                  const std::optional<at::Tensor>& bias_in,
-                                                 const std::vector<at::Tensor>& layout, double eps,
+                                                 const std::vector<at::Tensor>& index, double eps,
                                                  const std::optional<at::Tensor>& sum_dy_x,
                                                  const std::optional<at::Tensor>& sum_dy) {
   const at::Tensor weight = given(weight_in), bias = given(bias_in);
-  const LayoutArgs l = layout_args("eqnorm_testing::coefficient_map", layout, mean, mean.size(1), weight, bias);
+  const IndexArgs l = index_args("eqnorm_testing::coefficient_map", index, mean, mean.size(1), weight, bias);
   const Pooled s{mean, m2, positions, counts.value_or(at::Tensor())};
   TORCH_CHECK(executor == "rows" || executor == "parts" || executor == "aten",
               "eqnorm_testing::coefficient_map: executor must be 'rows', 'parts' or 'aten', got '", executor, "'");
@@ -495,11 +495,11 @@ std::vector<at::Tensor> coefficient_map_for_test(const std::string& executor, co
 std::vector<at::Tensor> coefficient_visits_for_test(const at::Tensor& mean, const at::Tensor& m2, double positions,
                                                     const std::optional<at::Tensor>& weight_in,
                                                     const std::optional<at::Tensor>& bias_in,
-                                                    const std::vector<at::Tensor>& layout, double eps, bool backward) {
+                                                    const std::vector<at::Tensor>& index, double eps, bool backward) {
   const at::Tensor weight = given(weight_in), bias = given(bias_in);
   TORCH_CHECK(mean.scalar_type() == at::kDouble, "eqnorm_testing::coefficient_visits: mean must be float64");
-  const LayoutArgs args = layout_args("eqnorm_testing::coefficient_visits", layout, mean, mean.size(1), weight, bias);
-  const HostLayout<double> l(args, weight, bias);
+  const IndexArgs args = index_args("eqnorm_testing::coefficient_visits", index, mean, mean.size(1), weight, bias);
+  const HostMap<double> l(args, weight, bias);
   eqnorm_map::Map<double> map = l.map;
   eqnorm_map::Sparse<double>* operators[] = {&map.class_sum,    &map.center,    &map.group_mean,
                                              &map.channel_bias, &map.bias_grad, &map.field_sum};

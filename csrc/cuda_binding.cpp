@@ -7,7 +7,7 @@
 #include "cuda/coefficients.h"
 #include "cuda/passes.h"
 #include "field_norm.h"
-#include "layout_view.h"
+#include "compiled_view.h"
 
 namespace eqnorm {
 namespace {
@@ -120,13 +120,13 @@ template <typename A> A* pointer(const at::Tensor& t) { return t.defined() ? t.d
 
 // The layout's map on the GPU: values read as double straight from compiled_value; weight and bias as A (undefined
 // when absent: the map reads nullptr as a weight of 1, a bias of 0).
-template <typename A> struct DeviceLayout {
+template <typename A> struct DeviceMap {
   at::Tensor weight, bias;
   CompiledView<double> view;
   static at::Tensor as_a(const at::Tensor& t) {
     return t.defined() ? t.to(c10::CppTypeToScalarType<A>::value).contiguous() : t;
   }
-  DeviceLayout(const LayoutArgs& l, const at::Tensor& w, const at::Tensor& b)
+  DeviceMap(const IndexArgs& l, const at::Tensor& w, const at::Tensor& b)
       : weight(as_a(w)), bias(as_a(b)), view(compiled_view<double>(l, l.compiled_value.data_ptr<double>())) {}
 };
 
@@ -144,13 +144,13 @@ at::Tensor map_scratch(const eqnorm_map::Map<double>& l, const at::Tensor& mean)
 }
 
 // The coefficient map in one kernel launch per direction (the ATen form launches dozens of tiny kernels per call).
-Stats coefficients_cuda(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& args,
+Stats coefficients_cuda(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const IndexArgs& args,
                         double eps) {
   const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
   at::Tensor a = at::empty_like(mean), beta = at::empty_like(mean), counts;
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm coefficients", [&] {
     using A = scalar_t;
-    const DeviceLayout<A> l(args, weight, bias);
+    const DeviceMap<A> l(args, weight, bias);
     const at::Tensor scratch = map_scratch(l.view.map, mean);
     check_cuda("eqnorm::field_norm",
                eqnorm_cuda::coefficients(l.view.map, pointer<A>(l.weight), pointer<A>(l.bias),
@@ -165,7 +165,7 @@ Stats coefficients_cuda(const Pooled& s, const at::Tensor& weight, const at::Ten
 // field and per bias.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_cuda(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& args, double eps, OutputMask mask) {
+    const at::Tensor& bias, const IndexArgs& args, double eps, OutputMask mask) {
   const char* op = "eqnorm::field_norm_backward";
   const at::Tensor mean = s.mean.contiguous(), m2 = s.m2.contiguous();
   const at::Tensor gax = sum_dy_x.contiguous(), gb = sum_dy.contiguous();
@@ -175,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
   if (mask[2] && bias.defined()) dbias = at::empty(bias.sizes(), mean.options());
   AT_DISPATCH_FLOATING_TYPES(mean.scalar_type(), "eqnorm::field_norm_backward coefficients", [&] {
     using A = scalar_t;
-    const DeviceLayout<A> l(args, weight, bias);
+    const DeviceMap<A> l(args, weight, bias);
     const at::Tensor scratch = map_scratch(l.view.map, mean);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     check_cuda(op, eqnorm_cuda::coefficients_backward(
@@ -193,21 +193,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
 }
 
 Outputs field_norm_cuda(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                        const std::optional<at::Tensor>& bias, at::TensorList layout,
+                        const std::optional<at::Tensor>& bias, at::TensorList index,
                         const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return field_norm_forward(cuda_passes(), &coefficients_cuda, x, given(weight), given(bias), layout, ptr, last, batch,
+  return field_norm_forward(cuda_passes(), &coefficients_cuda, x, given(weight), given(bias), index, ptr, last, batch,
                             eps);
 }
 
 Gradients field_norm_backward_cuda(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
                                    const at::Tensor& m2, const std::optional<at::Tensor>& weight,
-                                   const std::optional<at::Tensor>& bias, at::TensorList layout,
+                                   const std::optional<at::Tensor>& bias, at::TensorList index,
                                    const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps,
                                    OutputMask mask) {
   const c10::cuda::CUDAGuard guard(x.device());
   return gradients(field_norm_backward(cuda_passes(), &coefficients_backward_cuda, dy, x, mean, m2, given(weight),
-                                       given(bias), layout, ptr, last, batch, eps, mask));
+                                       given(bias), index, ptr, last, batch, eps, mask));
 }
 
 }  // namespace

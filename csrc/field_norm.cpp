@@ -27,7 +27,7 @@ at::Tensor gather(const at::Tensor& t, const at::Tensor& index, int64_t dim = -1
 }
 
 // cen = K m for (S, C) rows m (K is symmetric, so this is also the transpose product of the backward).
-at::Tensor center(const at::Tensor& m, const LayoutArgs& l) {
+at::Tensor center(const at::Tensor& m, const IndexArgs& l) {
   const auto value = l.center_value.to(m.scalar_type());
   const at::Tensor z = scatter_sum(gather(m, l.center_channel) * value, l.center_class,
                                    l.class_scale.sym_size(0)) *
@@ -39,7 +39,7 @@ struct Spread {
   at::Tensor cen, dev, rstd, rstd_c;  // (S, C), (S, C), (S, G), (S, C)
 };
 
-Spread spread(const Pooled& s, const LayoutArgs& l, double eps) {
+Spread spread(const Pooled& s, const IndexArgs& l, double eps) {
   const at::Tensor cen = center(s.mean, l), dev = s.mean - cen, positions = s.positions_tensor();
   const at::Tensor var = scatter_sum(s.m2 + positions * dev.square(), l.group_of_channel, l.group_size.sym_size(0)) /
                          (positions * l.group_size.to(s.mean.scalar_type()));
@@ -48,7 +48,7 @@ Spread spread(const Pooled& s, const LayoutArgs& l, double eps) {
 }
 
 // w_field(c) per channel, or undefined without a weight (a weight of 1)
-at::Tensor channel_weight(const at::Tensor& weight, const LayoutArgs& l, at::ScalarType t) {
+at::Tensor channel_weight(const at::Tensor& weight, const IndexArgs& l, at::ScalarType t) {
   return weight.defined() ? gather(weight.to(t), l.field_of_channel) : at::Tensor();
 }
 
@@ -76,26 +76,26 @@ at::Tensor empty_stat(const at::Tensor& x, const RowShape& s) {
 }  // namespace
 
 Checked check(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-              at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch) {
+              at::TensorList index, const std::optional<at::Tensor>& ptr, bool last, bool batch) {
   const RowShape s = check_rows(op, x, last, ptr);
   TORCH_CHECK(!(batch && ptr.has_value()), op, ": batch statistics pool over every sample and take no ptr");
-  LayoutArgs l = layout_args(op, layout, x, s.channels, weight, bias);
+  IndexArgs l = index_args(op, index, x, s.channels, weight, bias);
   if (ptr.has_value()) check_ptr_values(op, ptr->device().is_cpu() ? *ptr : ptr->cpu(), s.positions);
   return {s, l};
 }
 
 Checked check_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
-                       const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                       const at::Tensor& weight, const at::Tensor& bias, at::TensorList index,
                        const std::optional<at::Tensor>& ptr, bool last, bool batch) {
   const char* op = "eqnorm::field_norm_backward";
-  Checked checked = check(op, x, weight, bias, layout, ptr, last, batch);
+  Checked checked = check(op, x, weight, bias, index, ptr, last, batch);
   check_like(op, "dy", dy, x);
   check_stat(op, "mean", mean, x, checked.shape);
   check_stat(op, "m2", m2, x, checked.shape);
   return checked;
 }
 
-Stats coefficients_aten(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& l,
+Stats coefficients_aten(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const IndexArgs& l,
                         double eps) {
   const auto t = s.mean.scalar_type();
   const Spread sp = spread(s, l, eps);
@@ -108,7 +108,7 @@ Stats coefficients_aten(const Pooled& s, const at::Tensor& weight, const at::Ten
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_aten(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& l, double eps, OutputMask mask) {
+    const at::Tensor& bias, const IndexArgs& l, double eps, OutputMask mask) {
   const auto t = s.mean.scalar_type();
   const Spread sp = spread(s, l, eps);
   const at::Tensor positions = s.positions_tensor();
@@ -129,9 +129,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
 }
 
 Outputs field_norm_forward(const Passes& p, CoefficientsForward coefficients, const at::Tensor& x,
-                           const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                           const at::Tensor& weight, const at::Tensor& bias, at::TensorList index,
                            const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
-  const auto [s, l] = check("eqnorm::field_norm", x, weight, bias, layout, ptr, last, batch);
+  const auto [s, l] = check("eqnorm::field_norm", x, weight, bias, index, ptr, last, batch);
   if (x.numel() == 0) return {at::empty_like(x, at::MemoryFormat::Contiguous), empty_stat(x, s), empty_stat(x, s)};
   const auto [mean, m2] = p.moments(x, last, ptr);
   auto [a, beta] = coefficients(pooled(mean, m2, ptr, s, batch), weight, bias, l, eps);
@@ -151,9 +151,9 @@ static Outputs no_gradient(const at::Tensor& x, const at::Tensor& weight, const 
 
 Outputs field_norm_backward(const Passes& p, CoefficientsBackward coefficients, const at::Tensor& dy,
                             const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
-                            const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                            const at::Tensor& weight, const at::Tensor& bias, at::TensorList index,
                             const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps, OutputMask mask) {
-  const auto [s, l] = check_backward(dy, x, mean, m2, weight, bias, layout, ptr, last, batch);
+  const auto [s, l] = check_backward(dy, x, mean, m2, weight, bias, index, ptr, last, batch);
   if (x.numel() == 0) return no_gradient(x, weight, bias, mask);
   auto [sum_dy, sum_dy_x] = p.moments_backward(dy, x, last, ptr);
   if (batch) {
@@ -172,12 +172,12 @@ Outputs field_norm_backward(const Passes& p, CoefficientsBackward coefficients, 
 }
 
 at::Tensor field_norm_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
+                                at::TensorList index, const std::optional<at::Tensor>& ptr, bool last, bool batch,
                                 double eps) {
   // The forward checked every argument. Here only differentiable ATen operations, on sizes that may be symbolic (a
   // backward traced by torch.compile or torch.export runs this on fake tensors): no value is read, no size is an
   // integer. Each row's statistics are its means and biased variances, i.e. M2 / P over one value (P = 1).
-  const LayoutArgs l = layout_tensors(layout);
+  const IndexArgs l = index_fields(index);
   if (x.sym_numel() == 0) return x.clone();
   const at::Tensor xf = x.to(accumulation_type(x.scalar_type()));
   at::Tensor mean, var;

@@ -8,7 +8,7 @@
 #include <vector>
 #include <tuple>
 
-#include "layout_args.h"
+#include "index_args.h"
 
 namespace eqnorm {
 
@@ -45,13 +45,13 @@ struct Passes {
 // Below the checks, weight and bias are tensors that are undefined when absent.
 struct Checked {
   RowShape shape;
-  LayoutArgs layout;
+  IndexArgs index;
 };
 Checked check(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-              at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch);
+              at::TensorList index, const std::optional<at::Tensor>& ptr, bool last, bool batch);
 // check, and dy, mean and m2 against x
 Checked check_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
-                       const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                       const at::Tensor& weight, const at::Tensor& bias, at::TensorList index,
                        const std::optional<at::Tensor>& ptr, bool last, bool batch);
 
 // The CPU's passes (cpu_passes.cpp).
@@ -71,38 +71,38 @@ struct Pooled {
 
 // (mean, m2, weight, bias) -> (a, beta), each (S, C) in the statistics' dtype.
 using CoefficientsForward = Stats (*)(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias,
-                                      const LayoutArgs& l, double eps);
+                                      const IndexArgs& l, double eps);
 // (sum dy x, sum dy) -> (a, u, v, dweight, dbias): dx = a dy + u x + v, and the parameter gradients (undefined where
 // the mask or an absent parameter says none).
 using CoefficientsBackward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> (*)(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& l, double eps, OutputMask mask);
+    const at::Tensor& bias, const IndexArgs& l, double eps, OutputMask mask);
 
 // The coefficient map and its closed-form vector-Jacobian product in ATen operations (differentiable, any device).
-Stats coefficients_aten(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const LayoutArgs& l,
+Stats coefficients_aten(const Pooled& s, const at::Tensor& weight, const at::Tensor& bias, const IndexArgs& l,
                         double eps);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_aten(
     const at::Tensor& sum_dy_x, const at::Tensor& sum_dy, const Pooled& s, const at::Tensor& weight,
-    const at::Tensor& bias, const LayoutArgs& l, double eps, OutputMask mask);
+    const at::Tensor& bias, const IndexArgs& l, double eps, OutputMask mask);
 
 Outputs field_norm_forward(const Passes& p, CoefficientsForward coefficients, const at::Tensor& x,
-                           const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                           const at::Tensor& weight, const at::Tensor& bias, at::TensorList index,
                            const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps);
 
 Outputs field_norm_backward(const Passes& p, CoefficientsBackward coefficients, const at::Tensor& dy,
                             const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
-                            const at::Tensor& weight, const at::Tensor& bias, at::TensorList layout,
+                            const at::Tensor& weight, const at::Tensor& bias, at::TensorList index,
                             const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps, OutputMask mask);
 
 // eqnorm::field_norm through the dispatcher (autograd.cpp).
 Outputs call_field_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                        const std::optional<at::Tensor>& bias, at::TensorList layout,
+                        const std::optional<at::Tensor>& bias, at::TensorList index,
                         const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps);
 
 // y of field_norm from differentiable ATen operations only: what double backward differentiates (weight and bias
 // undefined when absent).
 at::Tensor field_norm_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                at::TensorList layout, const std::optional<at::Tensor>& ptr, bool last, bool batch,
+                                at::TensorList index, const std::optional<at::Tensor>& ptr, bool last, bool batch,
                                 double eps);
 
 }  // namespace eqnorm

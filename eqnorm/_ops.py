@@ -1,6 +1,6 @@
 r"""The layer as one registered op, and which implementation runs it.
 
-``torch.ops.eqnorm.field_norm(x, weight, bias, layout, ptr, channels_last, batch, eps) -> (y, mean, m2)`` normalizes
+``torch.ops.eqnorm.field_norm(x, weight, bias, index, ptr, channels_last, batch, eps) -> (y, mean, m2)`` normalizes
 the rows of a contiguous tensor laid out channels-first ``(N, C, P)``, channels-last ``(N, P, C)``, or ragged
 ``(rows, C)`` with offsets ``ptr`` (sample ``n`` owns rows ``ptr[n]:ptr[n+1]``), with statistics per sample, or
 pooled over the batch when ``batch``:
@@ -33,7 +33,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from . import _pure_kernels
 from .coefficients import affine_coefficients, gather, scatter_sum
-from .layout import LayoutTensors
+from .layout import IndexTensors
 
 __all__ = ["accumulation_dtype", "field_norm", "kernel_backend", "torch_field_norm"]
 
@@ -141,7 +141,7 @@ def torch_field_norm(
     x: torch.Tensor,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
-    t: LayoutTensors,
+    t: IndexTensors,
     ptr: torch.Tensor | None,
     channels_last: bool,
     batch: bool,
@@ -169,7 +169,7 @@ _pure_kernels.register(
     ["CompositeImplicitAutograd"]
     if not _EXTENSION
     else [f"Autograd{key}" for key in ("CPU", "CUDA", "MPS", "XPU") if key.lower() not in _COMPILED],
-    lambda x, weight, bias, layout, *args: torch_field_norm(x, weight, bias, LayoutTensors(*layout), *args),
+    lambda x, weight, bias, index, *args: torch_field_norm(x, weight, bias, IndexTensors(*index), *args),
 )
 
 
@@ -177,7 +177,7 @@ def field_norm(
     x: torch.Tensor,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
-    t: LayoutTensors,
+    t: IndexTensors,
     ptr: torch.Tensor | None,
     channels_last: bool,
     batch: bool,
@@ -203,7 +203,7 @@ def compiled_for(x: torch.Tensor) -> bool:
 
 
 def field_norm_dense(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, t: LayoutTensors, batch: bool, eps: float
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, t: IndexTensors, batch: bool, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`field_norm` of a contiguous ``(N, C, *spatial)`` ``x`` as ``(N, C, P)`` rows, ``y`` in ``x``'s shape.
     Eager calls view it inside the bound C++ call; traced code (compile, export, ``make_fx``, ``jit.trace``) views it
@@ -221,13 +221,13 @@ if _EXTENSION:
         x: torch.Tensor,
         weight: torch.Tensor | None,
         bias: torch.Tensor | None,
-        layout: list[torch.Tensor],
+        index: list[torch.Tensor],
         ptr: torch.Tensor | None,
         channels_last: bool,
         batch: bool,
         eps: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        for name, t in (("weight", weight), ("bias", bias), ("ptr", ptr), *(("layout", t) for t in layout)):
+        for name, t in (("weight", weight), ("bias", bias), ("ptr", ptr), *(("index", t) for t in index)):
             if t is not None and t.device != x.device:
                 raise RuntimeError(f"eqnorm::field_norm: {name} is on {t.device} but x is on {x.device}")
         torch._check(x.dim() == (2 if ptr is not None else 3), lambda: f"eqnorm::field_norm: bad x {x.shape}")
@@ -244,7 +244,7 @@ if _EXTENSION:
     def _field_norm_backward_fake(
         dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, *args: Any
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        weight, bias, output_mask = args[0], args[1], args[-1]  # between them: layout, ptr, channels_last, batch, eps
+        weight, bias, output_mask = args[0], args[1], args[-1]  # between them: index, ptr, channels_last, batch, eps
         dx = torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None
         dweight = torch.empty_like(weight) if output_mask[1] and weight is not None else None
         return dx, dweight, torch.empty_like(bias) if output_mask[2] and bias is not None else None

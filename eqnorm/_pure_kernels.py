@@ -20,14 +20,14 @@ __all__ = ["SCHEMAS", "backward_of", "register"]
 
 #: the ops' schemas, exactly as csrc/schemas.cpp defines them (tests/test_pure_kernels.py compares them)
 SCHEMAS = (
-    "field_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor[] layout, Tensor? ptr, bool channels_last, "
+    "field_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor[] index, Tensor? ptr, bool channels_last, "
     "bool batch, float eps) -> (Tensor, Tensor, Tensor)",
     "field_norm_backward(Tensor dy, Tensor x, Tensor mean, Tensor m2, Tensor? weight, Tensor? bias, "
-    "Tensor[] layout, Tensor? ptr, bool channels_last, bool batch, float eps, bool[3] output_mask) "
+    "Tensor[] index, Tensor? ptr, bool channels_last, bool batch, float eps, bool[3] output_mask) "
     "-> (Tensor?, Tensor?, Tensor?)",
 )
 
-#: ``field_norm``: ``(x, weight, bias, layout, ptr, channels_last, batch, eps) -> (y, mean, m2)``
+#: ``field_norm``: ``(x, weight, bias, index, ptr, channels_last, batch, eps) -> (y, mean, m2)``
 Forward = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 #: ``(dx, dweight, dbias)``, each ``None`` where not computed
 Gradients = tuple[torch.Tensor | None, ...]

@@ -1,4 +1,4 @@
-"""``BatchFieldNorm``: equivariant batch normalization with running statistics on plain tensors, shared by the escnn
+"""``PlainBatchNorm``: equivariant batch normalization with running statistics on plain tensors, shared by the escnn
 and e3nn batch-norm layers; and ``convert_sync_batchnorm``."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from .batch_statistics import running_statistics, sync_pool
 from .coefficients import gather, inverse_root, scatter_sum
 from .functional import check_input, field_norm
 from .layout import FieldLayout
-from .module import LayoutModule, NormAttributes
+from .module import NormAttributes, PlainNorm
 
-__all__ = ["BatchFieldNorm", "BatchNormAttributes", "batch_grouping", "convert_sync_batchnorm"]
+__all__ = ["BatchNormAttributes", "PlainBatchNorm", "batch_grouping", "convert_sync_batchnorm"]
 
 
 def batch_grouping(num_groups: int | None, group_by: str | Sequence[int] | None) -> str | Sequence[int]:
@@ -24,7 +24,7 @@ def batch_grouping(num_groups: int | None, group_by: str | Sequence[int] | None)
     return "field" if num_groups is None else "contiguous"
 
 
-class BatchFieldNorm(LayoutModule):
+class PlainBatchNorm(PlainNorm):
     r"""Batch normalization over the fields of a :class:`~eqnorm.FieldLayout`, on ``(N, C, *spatial)`` tensors.
 
     Training: the coefficients of :mod:`eqnorm.coefficients` computed on the statistics of the whole batch (and of
@@ -106,13 +106,13 @@ class BatchFieldNorm(LayoutModule):
         :math:`\beta = b - a\,\bar{\mathrm{cen}}`, in the accumulation dtype (Python and TorchScript alike)."""
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         weight, bias = self.weight, self.bias
-        a = gather(inverse_root(running_var.to(acc), self.eps), self.layout_group_of_channel)
+        a = gather(inverse_root(running_var.to(acc), self.eps), self.index_group_of_channel)
         if weight is not None:
-            a = gather(weight.to(acc), self.layout_field_of_channel) * a
+            a = gather(weight.to(acc), self.index_field_of_channel) * a
         beta = -a * running_cen.to(acc)
         if bias is not None:
-            contributions = gather(bias.to(acc), self.layout_bias_index) * self.layout_bias_value.to(acc)
-            beta = beta + scatter_sum(contributions, self.layout_bias_channel, a.shape[0])
+            contributions = gather(bias.to(acc), self.index_bias_index) * self.index_bias_value.to(acc)
+            beta = beta + scatter_sum(contributions, self.index_bias_channel, a.shape[0])
         shape = [1, -1] + [1] * (x.dim() - 2)
         return (x.to(acc) * a.view(shape) + beta.view(shape)).to(x.dtype)
 
@@ -124,7 +124,7 @@ class BatchFieldNorm(LayoutModule):
         if not self.training and self.running_cen is not None and self.running_var is not None:
             return self.normalize_with_running_statistics(x, self.running_cen, self.running_var)
         weight, bias = self.weight, self.bias
-        t = self.layout_tensors
+        t = self.index_tensors
         values = x.numel() // x.shape[1]
         if 0 < values <= 1 and not self.sync:  # synchronised, the count over every process decides (sync_pool)
             raise ValueError(
@@ -145,7 +145,7 @@ class BatchFieldNorm(LayoutModule):
     @torch.jit.unused
     @torch.no_grad()
     def _update_running_statistics(self, mean: torch.Tensor, m2: torch.Tensor, positions: int) -> None:
-        cen, var = running_statistics(mean, m2, self.layout_tensors, positions, self.sync, self.process_group)
+        cen, var = running_statistics(mean, m2, self.index_tensors, positions, self.sync, self.process_group)
         assert self.running_cen is not None and self.running_var is not None
         assert self.num_batches_tracked is not None
         self.num_batches_tracked += 1
@@ -160,7 +160,7 @@ class BatchFieldNorm(LayoutModule):
 
 
 class BatchNormAttributes(NormAttributes):
-    """What the escnn and e3nn batch norms show of the :class:`BatchFieldNorm` they hold as ``norm``, besides
+    """What the escnn and e3nn batch norms show of the :class:`PlainBatchNorm` they hold as ``norm``, besides
     :class:`~eqnorm.module.NormAttributes`: ``torch.nn.BatchNorm2d``'s ``momentum``, ``track_running_stats``,
     ``running_var`` and ``reset_running_stats()``."""
 
@@ -172,7 +172,7 @@ class BatchNormAttributes(NormAttributes):
     )
 
     if TYPE_CHECKING:
-        norm: BatchFieldNorm
+        norm: PlainBatchNorm
 
     @property
     def momentum(self) -> float | None:
@@ -207,7 +207,7 @@ def convert_sync_batchnorm(module: torch.nn.Module, process_group: Any = None) -
     normalizing the whole batch; gradients flow back through the gather.
     """
     for m in module.modules():
-        if isinstance(m, BatchFieldNorm):
+        if isinstance(m, PlainBatchNorm):
             m.sync = True
             m.process_group = process_group
     return module

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .coefficients import center, group_variance
-from .layout import LayoutTensors
+from .layout import IndexTensors
 
 __all__ = ["combine", "global_moments", "running_statistics", "sync_pool"]
 
@@ -92,7 +92,7 @@ def sync_pool(
 
 
 def running_statistics(
-    mean: torch.Tensor, m2: torch.Tensor, t: LayoutTensors, positions: int, sync: bool, process_group: Any
+    mean: torch.Tensor, m2: torch.Tensor, t: IndexTensors, positions: int, sync: bool, process_group: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The batch's centering vector ``(C,)`` and unbiased variance per group ``(G,)``, for the running averages:
     :math:`\sigma^2_{\mathrm{unbiased}} = \sigma^2 \, n D_\gamma / (n D_\gamma - 1)`, :math:`D_\gamma` the group's

@@ -1,7 +1,7 @@
 r"""The small map from per-channel statistics to the per-channel affine coefficients, in plain PyTorch.
 
 For one row (a sample, or the whole batch) with :math:`P` values per channel, :math:`K` the centering operator
-(:class:`~eqnorm.layout.LayoutTensors`), :math:`\gamma(c)` the group of channel :math:`c` and :math:`D_\gamma` its
+(:class:`~eqnorm.layout.IndexTensors`), :math:`\gamma(c)` the group of channel :math:`c` and :math:`D_\gamma` its
 channels:
 
 .. math::
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .layout import LayoutTensors
+from .layout import IndexTensors
 
 __all__ = ["affine_coefficients", "center", "channel_bias", "group_variance"]
 
@@ -42,7 +42,7 @@ def gather(t: torch.Tensor, index: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return torch.nn.functional.pad(t, [0, 0] * (t.dim() - 1 - dim) + [0, 1]).index_select(dim, index)
 
 
-def center(m: torch.Tensor, t: LayoutTensors) -> torch.Tensor:
+def center(m: torch.Tensor, t: IndexTensors) -> torch.Tensor:
     r""":math:`\mathrm{cen} = K m` for ``(S, C)`` rows: :math:`z_l = s_l \sum_{k: l_k = l} v_k m_{c_k}`, then
     :math:`\mathrm{cen}_c = \sum_{k: c_k = c} v_k z_{l_k}`."""
     value = t.center_value.to(m.dtype)
@@ -52,7 +52,7 @@ def center(m: torch.Tensor, t: LayoutTensors) -> torch.Tensor:
 
 
 def group_variance(
-    mean: torch.Tensor, m2: torch.Tensor, cen: torch.Tensor, positions: torch.Tensor | float, t: LayoutTensors
+    mean: torch.Tensor, m2: torch.Tensor, cen: torch.Tensor, positions: torch.Tensor | float, t: IndexTensors
 ) -> torch.Tensor:
     r""":math:`\sigma^2_\gamma = \sum_{c\in\gamma} (M_{2,c} + P (m_c - \mathrm{cen}_c)^2) / (P D_\gamma)`,
     ``(S, G)``."""
@@ -68,7 +68,7 @@ def inverse_root(var: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.rsqrt(var + eps).masked_fill(var.isinf(), float("nan"))
 
 
-def channel_bias(bias: torch.Tensor, t: LayoutTensors, num_channels: int) -> torch.Tensor:
+def channel_bias(bias: torch.Tensor, t: IndexTensors, num_channels: int) -> torch.Tensor:
     r""":math:`b_c = \sum_{j: c_j = c} v_j\,\mathrm{bias}_{t_j}`: the bias on the trivial basis vectors, ``(C,)``."""
     contributions = gather(bias, t.bias_index) * t.bias_value.to(bias.dtype)
     return scatter_sum(contributions, t.bias_channel, num_channels)
@@ -80,7 +80,7 @@ def affine_coefficients(
     positions: torch.Tensor | float,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
-    t: LayoutTensors,
+    t: IndexTensors,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The per-row affine map :math:`(a, \beta)`, each ``(S, C)``, in the dtype of ``mean``.

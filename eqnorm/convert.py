@@ -271,7 +271,7 @@ def _carry(source: _Source, new: Any) -> list[str]:
         return carried
     inner = new.norm
     layout: FieldLayout = inner.layout
-    t = inner.layout_tensors
+    t = inner.index_tensors
     carried = []
     if inner.weight is not None and source.field_weight is not None:
         inner.weight.copy_(source.field_weight.to(inner.weight))

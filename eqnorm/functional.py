@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from . import _ops
-from .layout import FieldLayout, LayoutTensors
+from .layout import FieldLayout, IndexTensors
 
 __all__ = ["field_group_norm", "field_norm"]
 
@@ -43,7 +43,7 @@ def field_norm(
     x: torch.Tensor,
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
-    t: LayoutTensors,
+    t: IndexTensors,
     eps: float,
     *,
     ptr: torch.Tensor | None = None,

@@ -13,15 +13,15 @@ import numpy as np
 import torch
 
 from .groups import check_num_groups, contiguous_groups, default_num_groups, dense_group_ids, resolve_groups
-from .operators import LayoutOperators, LayoutTensors, dense_operators, index_tensors, tensors_on
+from .operators import DenseOperators, IndexTensors, build_index, dense_operators, tensors_on
 from .readers import field_type_fields, irreps_fields
 
 __all__ = [
     "CENTERINGS",
     "NORMALIZATIONS",
+    "DenseOperators",
     "FieldLayout",
-    "LayoutOperators",
-    "LayoutTensors",
+    "IndexTensors",
     "check_num_groups",
     "contiguous_groups",
     "default_num_groups",
@@ -112,10 +112,10 @@ class FieldLayout:
         self.bases = orthogonal_bases(self.field_names, self.field_sizes, change_of_basis)
         self.channel_order = None if channel_order is None else permutation(channel_order, self.num_channels)
         self._float64 = dense_operators(self)
-        self._operators: dict[tuple[torch.dtype, torch.device], LayoutOperators] = {}
+        self._operators: dict[tuple[torch.dtype, torch.device], DenseOperators] = {}
         # built eagerly, on the CPU: modules register them as buffers, and nothing traced ever fills a cache
-        self.tensors = index_tensors(self)
-        self._device_tensors: dict[torch.device, LayoutTensors] = {}
+        self.tensors = build_index(self)
+        self._device_tensors: dict[torch.device, IndexTensors] = {}
 
     @property
     def num_fields(self) -> int:
@@ -160,12 +160,12 @@ class FieldLayout:
         """``num_channels`` trivial fields in ``num_groups`` contiguous groups: ``torch.nn.GroupNorm``'s layout."""
         return cls([[0]] * num_channels, {0: 1}, {0}, contiguous_groups(num_channels, num_groups), centering=centering)
 
-    def tensors_on(self, device: torch.device | str) -> LayoutTensors:
+    def tensors_on(self, device: torch.device | str) -> IndexTensors:
         """:attr:`tensors` on ``device``, copied once per device (modules hold them as buffers instead)."""
         return tensors_on(self.tensors, torch.device(device), self._device_tensors)
 
-    def operators(self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> LayoutOperators:
-        """The dense operators of this layout (see :class:`LayoutOperators`), built once per dtype and device."""
+    def operators(self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> DenseOperators:
+        """The dense operators of this layout (see :class:`DenseOperators`), built once per dtype and device."""
         key = (dtype, torch.device(device))
         if key not in self._operators:
             self._operators[key] = self._float64.to(*key)

@@ -1,5 +1,5 @@
 """``FieldNorm``: equivariant group normalization as a plain ``torch.nn.Module`` on ``(N, C, *spatial)`` tensors, and
-``LayoutModule``, the base that holds a layout's tensors as buffers."""
+``PlainNorm``, the base of the plain modules: a layout's index tensors as buffers, weight and bias."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .functional import check_eps, check_input, field_norm
-from .layout import FieldLayout, LayoutTensors
+from .layout import FieldLayout, IndexTensors
 
-__all__ = ["FieldNorm", "LayoutModule", "NormAttributes"]
+__all__ = ["FieldNorm", "NormAttributes", "PlainNorm"]
 
-_LAYOUT_KEYS = tuple(f"layout_{name}" for name in LayoutTensors._fields)
+_INDEX_KEYS = tuple(f"index_{name}" for name in IndexTensors._fields)
 
 
-class LayoutModule(torch.nn.Module):
-    r"""A module over the fields of a :class:`~eqnorm.FieldLayout`: its :class:`~eqnorm.layout.LayoutTensors` are
+class PlainNorm(torch.nn.Module):
+    r"""A module over the fields of a :class:`~eqnorm.FieldLayout`: its :class:`~eqnorm.layout.IndexTensors` are
     non-persistent buffers (they move with ``.to()``, ``torch.export`` sees them as buffers, checkpoints do not carry
     them), and the parameters ``weight`` ``(F,)`` (init 1) and ``bias`` ``(T,)`` (init 0).
 
@@ -24,20 +24,20 @@ class LayoutModule(torch.nn.Module):
     ``bias=False`` only ``bias``; the op takes ``None`` as a weight of 1, a bias of 0. The attributes ``num_groups``,
     ``num_channels``, ``num_fields``, ``eps`` and ``affine`` say what the module computes.
 
-    The floating layout entries stay float64 whatever ``.to(dtype)``, ``.half()`` or ``.double()`` do to the module:
+    The floating index entries stay float64 whatever ``.to(dtype)``, ``.half()`` or ``.double()`` do to the module:
     the ops read them in the accumulation dtype of the input.
     """
 
     if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations, and infers them from the values
         weight: torch.nn.Parameter | None
         bias: torch.nn.Parameter | None
-        layout_field_of_channel: torch.Tensor
-        layout_group_of_channel: torch.Tensor
-        layout_bias_channel: torch.Tensor
-        layout_bias_index: torch.Tensor
-        layout_bias_value: torch.Tensor
+        index_field_of_channel: torch.Tensor
+        index_group_of_channel: torch.Tensor
+        index_bias_channel: torch.Tensor
+        index_bias_index: torch.Tensor
+        index_bias_value: torch.Tensor
     # Python-side views: TorchScript compiles a module's properties unless they are listed here
-    __jit_unused_properties__ = ("num_groups", "num_channels", "num_fields", "layout_tensors")
+    __jit_unused_properties__ = ("num_groups", "num_channels", "num_fields", "index_tensors")
 
     def __init__(self, layout: FieldLayout, eps: float, affine: bool, bias: bool = True) -> None:
         super().__init__()
@@ -46,8 +46,8 @@ class LayoutModule(torch.nn.Module):
         self.layout = layout
         self.eps = check_eps(eps)
         self.affine = bool(affine)
-        for name, tensor in zip(LayoutTensors._fields, layout.tensors, strict=True):
-            self.register_buffer(f"layout_{name}", tensor.clone(), persistent=False)
+        for name, tensor in zip(IndexTensors._fields, layout.tensors, strict=True):
+            self.register_buffer(f"index_{name}", tensor.clone(), persistent=False)
         # registered even when None, as torch.nn.GroupNorm does: load_state_dict and named_parameters agree with it
         self.register_parameter("weight", torch.nn.Parameter(torch.ones(layout.num_fields)) if affine else None)
         self.register_parameter(
@@ -80,23 +80,23 @@ class LayoutModule(torch.nn.Module):
             rows, last = x.contiguous().unsqueeze(1), True
         else:
             rows, last = x.contiguous().flatten(2), False
-        layout = [
-            self.layout_field_of_channel,
-            self.layout_group_of_channel,
-            self.layout_group_size,
-            self.layout_center_channel,
-            self.layout_center_class,
-            self.layout_center_value,
-            self.layout_class_scale,
-            self.layout_bias_channel,
-            self.layout_bias_index,
-            self.layout_bias_value,
-            self.layout_compiled_index,
-            self.layout_compiled_field_sum,
-            self.layout_compiled_bias_grad,
-            self.layout_compiled_value,
+        index = [
+            self.index_field_of_channel,
+            self.index_group_of_channel,
+            self.index_group_size,
+            self.index_center_channel,
+            self.index_center_class,
+            self.index_center_value,
+            self.index_class_scale,
+            self.index_bias_channel,
+            self.index_bias_index,
+            self.index_bias_value,
+            self.index_compiled_index,
+            self.index_compiled_field_sum,
+            self.index_compiled_bias_grad,
+            self.index_compiled_value,
         ]
-        y = torch.ops.eqnorm.field_norm(rows, self.weight, self.bias, layout, ptr, last, batch, self.eps)[0]
+        y = torch.ops.eqnorm.field_norm(rows, self.weight, self.bias, index, ptr, last, batch, self.eps)[0]
         return y.reshape(x.shape)
 
     def reset_parameters(self) -> None:
@@ -107,16 +107,16 @@ class LayoutModule(torch.nn.Module):
             torch.nn.init.zeros_(self.bias)
 
     @property
-    def layout_tensors(self) -> LayoutTensors:
+    def index_tensors(self) -> IndexTensors:
         buffers = self._buffers  # straight from the dict: this runs on every call
-        return LayoutTensors._make([buffers[key] for key in _LAYOUT_KEYS])
+        return IndexTensors._make([buffers[key] for key in _INDEX_KEYS])
 
-    def _apply(self, fn: Any, recurse: bool = True) -> LayoutModule:
+    def _apply(self, fn: Any, recurse: bool = True) -> PlainNorm:
         super()._apply(fn, recurse)
-        for name, master in zip(LayoutTensors._fields, self.layout.tensors, strict=True):
-            current = getattr(self, f"layout_{name}")
+        for name, master in zip(IndexTensors._fields, self.layout.tensors, strict=True):
+            current = getattr(self, f"index_{name}")
             if current.dtype != master.dtype:
-                setattr(self, f"layout_{name}", master.to(current.device))
+                setattr(self, f"index_{name}", master.to(current.device))
         return self
 
     def settings_repr(self) -> str:
@@ -130,7 +130,7 @@ class LayoutModule(torch.nn.Module):
         return f"{self.layout.num_fields} fields ({self.layout.num_channels} channels), {self.settings_repr()}"
 
 
-class FieldNorm(LayoutModule):
+class FieldNorm(PlainNorm):
     r"""Group normalization over the fields of a :class:`~eqnorm.FieldLayout`, on plain tensors.
 
     .. math::
@@ -173,7 +173,7 @@ class FieldNorm(LayoutModule):
         """``forward`` in Python: the input checked against the layout, then the fastest route to the op."""
         check_input(x, self.layout)
         params = self._parameters  # straight from the dict: this runs on every call
-        return field_norm(x, params["weight"], params["bias"], self.layout_tensors, self.eps, ptr=ptr)[0]
+        return field_norm(x, params["weight"], params["bias"], self.index_tensors, self.eps, ptr=ptr)[0]
 
     def scripted_forward(self, x: torch.Tensor, ptr: torch.Tensor | None = None) -> torch.Tensor:
         """``forward`` as TorchScript runs it (LAMMPS, ``e3nn.util.jit``): the registered op, which checks its
@@ -182,7 +182,7 @@ class FieldNorm(LayoutModule):
 
 
 class NormAttributes:
-    """What the escnn and e3nn layers show of the plain :class:`LayoutModule` they hold as ``norm``: the attributes
+    """What the escnn and e3nn layers show of the plain :class:`PlainNorm` they hold as ``norm``: the attributes
     of ``torch.nn.GroupNorm`` (``num_groups``, ``num_channels``, ``eps``, ``affine``, ``weight``, ``bias``,
     ``reset_parameters()``) and the ``layout``."""
 
@@ -198,7 +198,7 @@ class NormAttributes:
     )
 
     if TYPE_CHECKING:
-        norm: LayoutModule
+        norm: PlainNorm
 
     @property
     def layout(self) -> FieldLayout:

@@ -1,5 +1,5 @@
 """The operators of a :class:`~eqnorm.FieldLayout`, built once from its fields: the dense matrices
-(:class:`LayoutOperators`) and the small index tensors the op takes (:class:`LayoutTensors`)."""
+(:class:`DenseOperators`) and the small index tensors the op takes (:class:`IndexTensors`)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from .compiled import compile_layout
 if TYPE_CHECKING:
     from .layout import FieldLayout
 
-__all__ = ["LayoutOperators", "LayoutTensors", "dense_operators", "index_tensors", "tensors_on"]
+__all__ = ["DenseOperators", "IndexTensors", "build_index", "dense_operators", "tensors_on"]
 
 
-class LayoutOperators(NamedTuple):
+class DenseOperators(NamedTuple):
     r"""The dense operators of a :class:`FieldLayout`, as tensors of one dtype and device.
 
     With ``C`` channels, ``L`` centering classes, ``G`` groups and ``T`` trivial copies:
@@ -40,12 +40,12 @@ class LayoutOperators(NamedTuple):
     channels_by_group: torch.Tensor
     group_start: torch.Tensor
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> LayoutOperators:
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> DenseOperators:
         """Cast the floating operators to ``dtype`` and move everything to ``device``."""
-        return LayoutOperators(*(t.to(device=device, dtype=dtype if t.is_floating_point() else None) for t in self))
+        return DenseOperators(*(t.to(device=device, dtype=dtype if t.is_floating_point() else None) for t in self))
 
 
-class LayoutTensors(NamedTuple):
+class IndexTensors(NamedTuple):
     r"""The layout as ``torch.ops.eqnorm.field_norm`` takes it: fourteen small tensors, sparse where the operators are.
 
     With ``C`` channels, ``G`` groups, ``L`` centering coordinates (one per irrep coordinate of a (group, irrep type)
@@ -85,13 +85,13 @@ class LayoutTensors(NamedTuple):
     compiled_value: torch.Tensor
 
 
-def tensors_on(tensors: LayoutTensors, device: torch.device, cache: dict[torch.device, LayoutTensors]) -> LayoutTensors:
+def tensors_on(tensors: IndexTensors, device: torch.device, cache: dict[torch.device, IndexTensors]) -> IndexTensors:
     """``tensors`` (on the CPU) on ``device``, copied once per device into ``cache``; never a traced copy."""
     if device.type == "cpu":
         return tensors
     if device in cache:
         return cache[device]
-    moved = LayoutTensors(*(t.to(device) for t in tensors))
+    moved = IndexTensors(*(t.to(device) for t in tensors))
     from torch._subclasses.fake_tensor import is_fake
 
     if not torch.compiler.is_compiling() and not is_fake(moved.group_size):
@@ -99,7 +99,7 @@ def tensors_on(tensors: LayoutTensors, device: torch.device, cache: dict[torch.d
     return moved
 
 
-def dense_operators(self: FieldLayout) -> LayoutOperators:
+def dense_operators(self: FieldLayout) -> DenseOperators:
     C, G = self.num_channels, self.num_groups
     field_of_channel = np.repeat(np.arange(self.num_fields), self.field_sizes)
     center_in, center_out, bias_basis = _centering_and_bias(self)
@@ -125,10 +125,10 @@ def dense_operators(self: FieldLayout) -> LayoutOperators:
     )
     # contiguous: the fused CUDA kernels index them as dense row-major arrays
     ops = (torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
-    return LayoutOperators(*(t.long() if not t.is_floating_point() else t for t in ops))
+    return DenseOperators(*(t.long() if not t.is_floating_point() else t for t in ops))
 
 
-def index_tensors(self: FieldLayout) -> LayoutTensors:
+def build_index(self: FieldLayout) -> IndexTensors:
     """The dense operators' nonzeros: ``center_out`` holds the basis entries, ``center_in`` the same scaled by
     one over the copies of each class."""
     ops = self._float64
@@ -147,7 +147,7 @@ def index_tensors(self: FieldLayout) -> LayoutTensors:
         self.num_fields,
         self.num_trivial,
     )
-    return LayoutTensors(
+    return IndexTensors(
         ops.field_of_channel,
         ops.group_of_channel,
         divisor,

@@ -104,7 +104,7 @@ assert "site-packages" in eqnorm.__file__, eqnorm.__file__  # the installed pack
 assert eqnorm.kernel_backend("cpu") == "cpp", "the compiled kernels did not load"
 norm = FieldNorm(FieldLayout.scalars(8, 2)).double()
 x = torch.randn(2, 8, 5, dtype=torch.float64, requires_grad=True)
-want = _ops.torch_field_norm(x.flatten(2), norm.weight, norm.bias, norm.layout_tensors, None, False, False, 1e-5)
+want = _ops.torch_field_norm(x.flatten(2), norm.weight, norm.bias, norm.index_tensors, None, False, False, 1e-5)
 torch.testing.assert_close(norm(x), want[0].view_as(x))
 if kind in ("escnn", "all"):
     from escnn import gspaces, nn

@@ -12,7 +12,7 @@ from test_ops import LAYOUT, parameters
 
 import eqnorm
 from eqnorm import FieldNorm, _ops
-from eqnorm.batch_norm import BatchFieldNorm
+from eqnorm.batch_norm import PlainBatchNorm
 from eqnorm.functional import field_group_norm
 from eqnorm.layout import FieldLayout
 
@@ -127,7 +127,7 @@ def test_gradgradcheck_on_cuda():
     ptr = torch.tensor([0, 3, 3, 6, 7], device="cuda")
     nodes = torch.randn(7, 8, device="cuda", dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradgradcheck(lambda x, w: field_group_norm(x, LAYOUT, w, ptr=ptr), (nodes, w))
-    norm = BatchFieldNorm(LAYOUT).double().cuda()
+    norm = PlainBatchNorm(LAYOUT).double().cuda()
     xb = (torch.randn(3, 8, 2, device="cuda", dtype=torch.float64) + 1).requires_grad_()
     assert torch.autograd.gradgradcheck(norm, (xb,))
 
@@ -143,7 +143,7 @@ def test_modules_moved_to_cuda_match_the_cpu():
     assert {t.device.type for t in gpu.buffers()} == {"cuda"}
     x = torch.randn(4, 8, 5, 3, dtype=torch.float64) * 2 + 1
     torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x), atol=1e-12, rtol=1e-12)
-    batch_cpu, batch_gpu = BatchFieldNorm(LAYOUT).double(), BatchFieldNorm(LAYOUT).double().cuda()
+    batch_cpu, batch_gpu = PlainBatchNorm(LAYOUT).double(), PlainBatchNorm(LAYOUT).double().cuda()
     for _ in range(3):
         xb = torch.randn(6, 8, 4, dtype=torch.float64) * 2 + 1
         torch.testing.assert_close(batch_gpu(xb.cuda()).cpu(), batch_cpu(xb), atol=1e-12, rtol=1e-12)

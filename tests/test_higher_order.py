@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from eqnorm import FieldLayout, FieldNorm
-from eqnorm.batch_norm import BatchFieldNorm
+from eqnorm.batch_norm import PlainBatchNorm
 from eqnorm.functional import field_group_norm
 
 LAYOUT = FieldLayout([["s", "v"], ["s"], ["v"], ["p", "s"]], {"s": 1, "v": 2, "p": 1}, {"s"}, [0, 1, 0, 1])
@@ -47,7 +47,7 @@ def test_gradgradcheck_ragged():
 
 @pytest.mark.parametrize("training", [True, False])
 def test_gradgradcheck_batch_norm(training):
-    norm = double_parameters(BatchFieldNorm(LAYOUT))
+    norm = double_parameters(PlainBatchNorm(LAYOUT))
     norm(torch.randn(4, 8, 3, dtype=torch.float64))  # some running statistics
     norm.train(training)
     x = (torch.randn(3, 8, 2, dtype=torch.float64) * 2 + 1).requires_grad_()

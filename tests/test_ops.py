@@ -311,7 +311,7 @@ def test_a_compiled_layout_of_another_layout_is_refused():
     t = list(LAYOUT.tensors)
     t[-2:] = other.tensors[-2:]
     w, b = parameters("cpu")
-    with pytest.raises(RuntimeError, match=r"the compiled layout .* does not match 8 channels"):
+    with pytest.raises(RuntimeError, match=r"the compiled index .* does not match 8 channels"):
         torch.ops.eqnorm.field_norm(torch.randn(2, 8, 3, dtype=torch.float64), w, b, t, None, False, False, 1e-5)
 
 

@@ -26,7 +26,7 @@ def offsets(draw: st.DrawFn) -> list[int]:
 
 
 def reference(x: torch.Tensor, ptr: torch.Tensor, norm: FieldNorm) -> torch.Tensor:
-    return _ops.torch_field_norm(x, norm.weight, norm.bias, norm.layout_tensors, ptr, True, False, norm.eps)[0]
+    return _ops.torch_field_norm(x, norm.weight, norm.bias, norm.index_tensors, ptr, True, False, norm.eps)[0]
 
 
 @compiled_only

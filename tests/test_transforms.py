@@ -12,7 +12,7 @@ from torch import func
 
 import eqnorm
 from eqnorm import FieldLayout, FieldNorm, _ops
-from eqnorm.batch_norm import BatchFieldNorm
+from eqnorm.batch_norm import PlainBatchNorm
 from eqnorm.functional import field_group_norm
 
 pytestmark = pytest.mark.skipif(eqnorm.kernel_backend("cpu") == "torch", reason="the compiled extension is not built")
@@ -32,8 +32,8 @@ def layers():
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.normal_()
     # as torch.func asks of torch's batch norms (replace_all_batch_norm_modules_): no running statistics to mutate
-    bn_train = BatchFieldNorm(LAYOUT, track_running_stats=False).double()
-    bn_eval = BatchFieldNorm(LAYOUT).double()
+    bn_train = PlainBatchNorm(LAYOUT, track_running_stats=False).double()
+    bn_eval = PlainBatchNorm(LAYOUT).double()
     bn_eval.running_var.uniform_(0.5, 2)
     bn_eval.eval()
     cases = [

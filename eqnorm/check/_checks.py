@@ -270,7 +270,7 @@ def _centre_mask(like: torch.Tensor, radius: float = 0.5) -> torch.Tensor:
 
 
 def _contains_batch_norm(module: Any) -> bool:
-    # torch's, escnn's and e3nn's BatchNorm*, eqnorm's FieldBatchNorm/BatchFieldNorm/IrrepsBatchNorm
+    # torch's, escnn's and e3nn's BatchNorm*, eqnorm's FieldBatchNorm/PlainBatchNorm/IrrepsBatchNorm
     return any("Batch" in type(m).__name__ and "Norm" in type(m).__name__ for m in module.modules())
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from e3nn.util.jit import compile_mode
 
-from ..batch_norm import BatchFieldNorm, BatchNormAttributes, batch_grouping
+from ..batch_norm import BatchNormAttributes, PlainBatchNorm, batch_grouping
 from ..layout import FieldLayout
 from ._irreps import IrrepsModule, check_features, parse_irreps
 
@@ -40,7 +40,7 @@ class IrrepsBatchNorm(BatchNormAttributes, IrrepsModule):
     __jit_unused_properties__ = (*BatchNormAttributes.__jit_unused_properties__, "normalization", "running_mean")
 
     if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations
-        norm: BatchFieldNorm
+        norm: PlainBatchNorm
         scalar_channels: torch.Tensor
 
     def __init__(
@@ -66,7 +66,7 @@ class IrrepsBatchNorm(BatchNormAttributes, IrrepsModule):
         fields = FieldLayout.from_irreps(
             self.irreps_in, num_groups, grouping, layout, centering=centering, normalization=normalization
         )
-        self.norm = BatchFieldNorm(fields, eps, momentum, affine, track_running_stats, process_group, bias)
+        self.norm = PlainBatchNorm(fields, eps, momentum, affine, track_running_stats, process_group, bias)
         self.register_buffer(
             "scalar_channels", torch.tensor(_scalar_channels(fields), dtype=torch.long), persistent=False
         )

@@ -30,7 +30,7 @@ def check_features(x: Any, dim: int) -> None:
 
 class IrrepsModule(NormAttributes, torch.nn.Module):
     """An e3nn layer over ``irreps_in`` (= ``irreps_out``) holding ``norm``, a plain
-    :class:`~eqnorm.module.LayoutModule`, with its attributes (:class:`~eqnorm.module.NormAttributes`) and the
+    :class:`~eqnorm.module.PlainNorm`, with its attributes (:class:`~eqnorm.module.NormAttributes`) and the
     ``normalization`` of e3nn's ``BatchNorm``."""
 
     if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations

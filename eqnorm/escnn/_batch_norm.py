@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from escnn.nn import FieldType
 
-from ..batch_norm import BatchFieldNorm, BatchNormAttributes, batch_grouping
+from ..batch_norm import BatchNormAttributes, PlainBatchNorm, batch_grouping
 from ..layout import FieldLayout
 from ._field_module import FieldModule, check_field_type
 
@@ -52,7 +52,7 @@ class FieldBatchNorm(BatchNormAttributes, FieldModule):
         As :class:`FieldGroupNorm`.
     """
 
-    norm: BatchFieldNorm
+    norm: PlainBatchNorm
     checked_modes = (True, False)
 
     def __init__(
@@ -75,7 +75,7 @@ class FieldBatchNorm(BatchNormAttributes, FieldModule):
         layout = FieldLayout.from_field_type(
             in_type, num_groups, batch_grouping(num_groups, group_by), centering=centering
         )
-        self.norm = BatchFieldNorm(layout, eps, momentum, affine, track_running_stats, process_group, bias)
+        self.norm = PlainBatchNorm(layout, eps, momentum, affine, track_running_stats, process_group, bias)
 
     @property
     def running_cen(self) -> torch.Tensor | None:

@@ -8,7 +8,7 @@ from collections import Counter
 import torch
 from escnn.nn import EquivariantModule, FieldType, GeometricTensor
 
-from ..module import LayoutModule, NormAttributes
+from ..module import NormAttributes, PlainNorm
 from ._equivariance import Measurement, equivariance_errors, grid_elements, random_input, sample_elements
 
 __all__ = ["FieldModule", "check_field_type", "describe_field_type"]
@@ -29,7 +29,7 @@ def check_field_type(in_type: object) -> None:
 
 
 class FieldModule(NormAttributes, EquivariantModule):
-    r"""An escnn ``EquivariantModule`` wrapping ``self.norm``, a plain :class:`~eqnorm.module.LayoutModule` on
+    r"""An escnn ``EquivariantModule`` wrapping ``self.norm``, a plain :class:`~eqnorm.module.PlainNorm` on
     ``(N, C, *spatial)`` tensors.
 
     :math:`y = \mathrm{norm}(x)` on the tensor of a ``GeometricTensor`` of type ``in_type``; the output has the same
@@ -46,7 +46,7 @@ class FieldModule(NormAttributes, EquivariantModule):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
-    def export(self) -> LayoutModule:
+    def export(self) -> PlainNorm:
         """A plain module computing the same function with no escnn object inside. As escnn defines ``export()``
         ("export this module to a normal PyTorch module and set to 'eval' mode"), this layer is set to eval mode too."""
         self.eval()

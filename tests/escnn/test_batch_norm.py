@@ -196,7 +196,7 @@ def test_check_equivariance_checks_train_and_eval_and_catches_a_broken_layer(nam
     broken = FieldBatchNorm(field_type(name))
     layout = broken.norm.layout
     moving = next(i for i, irreps in enumerate(layout.field_irreps) if not set(irreps) <= layout.trivial)
-    broken.norm.layout_bias_channel.fill_(sum(layout.field_sizes[:moving]))  # every bias on a field that rotates
+    broken.norm.index_bias_channel.fill_(sum(layout.field_sizes[:moving]))  # every bias on a field that rotates
     with torch.no_grad():
         broken.norm.bias.normal_()
     with pytest.raises(AssertionError, match="equivariance fails"):

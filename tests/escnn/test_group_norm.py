@@ -147,7 +147,7 @@ def test_check_equivariance_checks_and_catches_a_broken_layer():
     # the kernels' operators with each entry scaled at random (the bias off the trivial vectors, the centering and the
     # variance weighted per channel) break equivariance: check_equivariance must notice
     broken = copy.deepcopy(layer)
-    values = broken.norm.layout_compiled_value
+    values = broken.norm.index_compiled_value
     values.mul_(torch.rand(values.shape, generator=torch.Generator().manual_seed(0), dtype=values.dtype) + 0.5)
     with pytest.raises(AssertionError, match="equivariance fails"):
         broken.check_equivariance()

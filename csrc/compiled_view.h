@@ -18,7 +18,7 @@ template <typename V> struct CompiledView {
   }
 };
 
-template <typename V> CompiledView<V> compiled_view(const LayoutArgs& l, const V* values) {
+template <typename V> CompiledView<V> compiled_view(const IndexArgs& l, const V* values) {
   const int64_t C = l.field_of_channel.numel(), G = l.groups(), L = l.classes(), K = l.center_channel.numel();
   const int64_t B = l.bias_channel.numel(), F = l.fields(), NB = l.trivial();
   auto take = [&](const int64_t*& p, int64_t outputs, int64_t entries) {

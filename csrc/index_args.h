@@ -1,4 +1,5 @@
-// The FieldLayout as the ops take it: fourteen small tensors, in the order of eqnorm.layout.LayoutTensors.
+// The FieldLayout as the ops take it, their argument `index`: fourteen small tensors, in the order of
+// eqnorm.layout.IndexTensors.
 //
 //   field_of_channel (C,) int64    group_of_channel (C,) int64    group_size (G,) float: the divisor per group
 //   center_channel, center_class (K,) int64 and center_value (K,) float: the entries of the orthonormal basis
@@ -16,7 +17,7 @@
 
 namespace eqnorm {
 
-struct LayoutArgs {
+struct IndexArgs {
   at::Tensor field_of_channel, group_of_channel, group_size;
   at::Tensor center_channel, center_class, center_value, class_scale;
   at::Tensor bias_channel, bias_index, bias_value;
@@ -37,12 +38,12 @@ inline CompiledSizes compiled_sizes(int64_t C, int64_t G, int64_t L, int64_t K, 
   return {fixed, (index_numel - fixed) / 3};
 }
 
-constexpr size_t kLayoutTensors = 14;
+constexpr size_t kIndexTensors = 14;
 
 // The layout's tensors as named fields, unchecked (each made contiguous, so that kernels may walk them as arrays).
-inline LayoutArgs layout_tensors(at::TensorList t) {
-  TORCH_CHECK(t.size() == kLayoutTensors, "eqnorm: layout must hold the ", kLayoutTensors,
-              " tensors of eqnorm.layout.LayoutTensors, got ", t.size());
+inline IndexArgs index_fields(at::TensorList t) {
+  TORCH_CHECK(t.size() == kIndexTensors, "eqnorm: index must hold the ", kIndexTensors,
+              " tensors of eqnorm.layout.IndexTensors, got ", t.size());
   return {t[0].contiguous(),  t[1].contiguous(),  t[2].contiguous(),  t[3].contiguous(), t[4].contiguous(),
           t[5].contiguous(),  t[6].contiguous(),  t[7].contiguous(),  t[8].contiguous(), t[9].contiguous(),
           t[10].contiguous(), t[11].contiguous(), t[12].contiguous(), t[13].contiguous()};
@@ -60,10 +61,10 @@ inline void check_parameter(const char* op, const char* name, const at::Tensor& 
 
 // Checks shapes, dtypes and devices of the layout against x (C channels), weight and bias (either undefined when
 // absent): O(1), no value is read.
-inline LayoutArgs layout_args(const char* op, at::TensorList t, const at::Tensor& x, int64_t channels,
+inline IndexArgs index_args(const char* op, at::TensorList t, const at::Tensor& x, int64_t channels,
                               const at::Tensor& weight, const at::Tensor& bias) {
-  constexpr size_t n = kLayoutTensors;
-  TORCH_CHECK(t.size() == n, op, ": layout must hold the ", n, " tensors of eqnorm.layout.LayoutTensors, got ",
+  constexpr size_t n = kIndexTensors;
+  TORCH_CHECK(t.size() == n, op, ": index must hold the ", n, " tensors of eqnorm.layout.IndexTensors, got ",
               t.size());
   static const char* names[n] = {
       "field_of_channel", "group_of_channel", "group_size",         "center_channel",
@@ -73,18 +74,18 @@ inline LayoutArgs layout_args(const char* op, at::TensorList t, const at::Tensor
   static const bool is_index[n] = {true, true, false, true, true, false, false,
                                    true, true, false, true, true,  true,  false};
   for (size_t i = 0; i < n; ++i) {
-    TORCH_CHECK(t[i].dim() == 1, op, ": layout ", names[i], " must be 1D, got shape ", t[i].sizes());
-    TORCH_CHECK(t[i].device() == x.device(), op, ": layout ", names[i], " is on ", t[i].device(), " but x is on ",
+    TORCH_CHECK(t[i].dim() == 1, op, ": index ", names[i], " must be 1D, got shape ", t[i].sizes());
+    TORCH_CHECK(t[i].device() == x.device(), op, ": index ", names[i], " is on ", t[i].device(), " but x is on ",
                 x.device());
     TORCH_CHECK(is_index[i] ? t[i].scalar_type() == at::kLong : at::isFloatingType(t[i].scalar_type()), op,
-                ": layout ", names[i], " must be ", is_index[i] ? "int64" : "floating point", ", got ",
+                ": index ", names[i], " must be ", is_index[i] ? "int64" : "floating point", ", got ",
                 t[i].scalar_type());
   }
-  TORCH_CHECK(t[13].scalar_type() == at::kDouble, op, ": layout compiled_value must be float64, got ",
+  TORCH_CHECK(t[13].scalar_type() == at::kDouble, op, ": index compiled_value must be float64, got ",
               t[13].scalar_type());
-  LayoutArgs l = layout_tensors(t);
+  IndexArgs l = index_fields(t);
   TORCH_CHECK(l.field_of_channel.size(0) == channels && l.group_of_channel.size(0) == channels, op,
-              ": the layout describes ", l.field_of_channel.size(0), " channels but x has ", channels);
+              ": the index describes ", l.field_of_channel.size(0), " channels but x has ", channels);
   TORCH_CHECK(l.center_class.size(0) == l.center_channel.size(0) && l.center_value.size(0) == l.center_channel.size(0),
               op, ": center_channel, center_class and center_value must have one length");
   TORCH_CHECK(l.bias_index.size(0) == l.bias_channel.size(0) && l.bias_value.size(0) == l.bias_channel.size(0), op,
@@ -93,7 +94,7 @@ inline LayoutArgs layout_args(const char* op, at::TensorList t, const at::Tensor
   const CompiledSizes s = compiled_sizes(channels, l.groups(), l.classes(), K, B, index);
   TORCH_CHECK(index >= s.index + 6 && (index - s.index) % 3 == 0 && l.fields() >= 0 && l.trivial() >= 0 &&
                   l.compiled_value.numel() == 2 * K + 2 * B + 2 * channels,
-              op, ": the compiled layout (", index, " indices, ", l.compiled_value.numel(), " values) does not match ",
+              op, ": the compiled index (", index, " entries, ", l.compiled_value.numel(), " values) does not match ",
               channels, " channels, ", K, " centering entries and ", B, " bias entries");
   check_parameter(op, "weight", weight, x, l.fields(), "per field");
   check_parameter(op, "bias", bias, x, l.trivial(), "per trivial irrep copy");
