@@ -418,11 +418,13 @@ def check_e3nn(
     def run(t: torch.Tensor, **changed: Any) -> torch.Tensor:
         return module(t, **(extra | changed))
 
-    rotations = []
-    for k in range(samples):
-        q = torch.randn(4, generator=gen, dtype=torch.float64)
-        rotation = o3.quaternion_to_matrix(q / q.norm())
-        rotations.append((f"rotation {k}" + (" with inversion" if k % 2 else ""), rotation * (-1 if k % 2 else 1)))
+    with torch.random.fork_rng(devices=[]):  # e3nn's Haar sampler draws from the global generator
+        torch.manual_seed(seed)
+        matrices = o3.rand_matrix(samples, dtype=torch.float64)
+    rotations = [
+        (f"rotation {k}" + (" with inversion" if k % 2 else ""), m * (-1 if k % 2 else 1))
+        for k, m in enumerate(matrices)
+    ]
     results = []
     rng = torch.get_rng_state()
     for mode in modes:
