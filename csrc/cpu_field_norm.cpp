@@ -297,11 +297,12 @@ Outputs points_forward(const at::Tensor& x_in, const at::Tensor& weight,
         const int64_t r = n * l.map.C;
         const A* xr = xp + r;
         w.coefficients(l, xr, zeros, A(1), static_cast<A>(eps), a, beta);
-        for (int64_t c = 0; c < l.map.C; ++c) {  // the statistics written here, while the row is in L1
-          yp[r + c] = a[c] * xr[c] + beta[c];
-          mp[r + c] = xr[c];
-          m2p[r + c] = A(0);
-        }
+        // The statistics written here, while the row is in L1, one array at a time: three interleaved store
+        // streams ran at half speed in processes whose allocator had placed y, mean and m2 64 bytes apart modulo
+        // 4 KiB (1.1 ms or 2.9 ms per call on one shape, by process).
+        for (int64_t c = 0; c < l.map.C; ++c) yp[r + c] = a[c] * xr[c] + beta[c];
+        std::copy(xr, xr + l.map.C, mp + r);
+        std::fill(m2p + r, m2p + r + l.map.C, A(0));
       }
     });
   });
