@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.utils.benchmark as tb
 
-from eqnorm import FieldLayout, _ops
+from eqnorm import FieldLayout, _extension
 
 
 class PythonAutograd(torch.autograd.Function):
@@ -52,7 +52,7 @@ def main() -> None:
     xg = x.detach().view(1, 16, 2, 2).requires_grad_()
     routes = {
         "torch GroupNorm": lambda: gn(xg),
-        "binding": lambda: _ops._C.field_norm(x, w, b, t, None, False, False, 1e-5)[0],
+        "binding": lambda: _extension.C.field_norm(x, w, b, t, None, False, False, 1e-5)[0],
         "torch.ops": lambda: torch.ops.eqnorm.field_norm(x, w, b, t, None, False, False, 1e-5)[0],
         "python autograd": lambda: PythonAutograd.apply(x, w, b, t, 1e-5),
     }

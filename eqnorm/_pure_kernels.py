@@ -2,7 +2,7 @@ r"""The pure-PyTorch kernels as the op's implementation wherever no compiled ker
 
 ``torch.ops.eqnorm.field_norm`` and ``field_norm_backward`` exist on every installation and device: where the compiled
 extension is missing, :func:`register` defines their schemas (those of ``csrc/schemas.cpp``) and registers the
-pure-PyTorch forward (:func:`eqnorm._ops.torch_field_norm`) for every device (``CompositeImplicitAutograd``:
+pure-PyTorch forward (:func:`eqnorm._pure_kernels.torch_field_norm`) for every device (``CompositeImplicitAutograd``:
 autograd, ``torch.func``, ``torch.compile`` and TorchScript see its ATen operations); where the extension is loaded,
 it registers the same kernels at the autograd key of every device the extension has no kernel for (``AutogradMPS``,
 say), and of the CPU too when ``EQNORM_BACKEND=torch`` chose the pure-PyTorch kernels. Which implementation a device
@@ -15,8 +15,103 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
-__all__ = ["SCHEMAS", "backward_of", "register"]
+from .coefficients import affine_coefficients, gather, scatter_sum
+from .operators import IndexTensors
+
+__all__ = ["SCHEMAS", "accumulation_dtype", "backward_of", "check_ptr", "is_tracing", "register", "torch_field_norm"]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 inputs, float32 for every other floating dtype."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+Rows = Callable[[torch.Tensor], torch.Tensor]
+
+
+def statistics_shape(x: torch.Tensor, channels_last: bool, ptr: torch.Tensor | None) -> tuple[int, int]:
+    """``(N, C)``: the shape of the per-sample statistics of the rows ``x``."""
+    if ptr is not None:
+        return ptr.shape[0] - 1, x.shape[1]
+    return x.shape[0], x.shape[2 if channels_last else 1]
+
+
+def is_tracing(x: torch.Tensor) -> bool:
+    """True while torch.compile, torch.export, torch.jit.trace or a fake-tensor trace (``make_fx``) runs:
+    data-dependent checks must wait. Cheap for a plain tensor (well under a microsecond): it runs on every call."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or x.is_meta:
+        return True
+    return type(x) is not torch.Tensor and is_fake(x)  # is_fake alone costs about 2 us
+
+
+def check_ptr(ptr: torch.Tensor, rows: int | torch.SymInt) -> None:
+    """``ValueError`` unless ``ptr`` runs from 0 to ``rows`` without decreasing (checked in eager mode; the compiled
+    op checks it itself)."""
+    if is_tracing(ptr):
+        return
+    if ptr.dim() != 1 or ptr.dtype != torch.long or ptr.numel() < 1:
+        raise ValueError(f"ptr must be 1D int64 offsets, got shape {tuple(ptr.shape)} and dtype {ptr.dtype}")
+    if int(ptr[0]) != 0 or int(ptr[-1]) != rows or bool((ptr.diff() < 0).any()):
+        raise ValueError(f"ptr must run from 0 to the number of rows {rows} without decreasing, got {ptr.tolist()}")
+
+
+def torch_moments(
+    x: torch.Tensor, channels_last: bool, ptr: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | int, Rows]:
+    """``(mean, m2, positions, rows)``: per-row statistics in the accumulation dtype, the values per row (an int or
+    ``(N, 1)`` counts, at least 1), and how an ``(N, C)`` coefficient broadcasts back over ``x``."""
+    xf = x.to(accumulation_dtype(x.dtype))
+    if ptr is None:
+        dim = 1 if channels_last else 2
+        mean = xf.mean(dim)
+        return mean, (xf - mean.unsqueeze(dim)).square().sum(dim), x.shape[dim], lambda t: t.unsqueeze(dim)
+    check_ptr(ptr, x.shape[0])
+    counts = ptr.diff()
+    segment = torch.arange(counts.shape[0], device=x.device).repeat_interleave(counts, output_size=x.shape[0])
+    positions = counts.clamp(min=1).to(xf.dtype).unsqueeze(1)
+    mean = scatter_sum(xf, segment, counts.shape[0], 0) / positions
+    m2 = scatter_sum((xf - gather(mean, segment, 0)).square(), segment, counts.shape[0], 0)
+    return mean, m2, positions, lambda t: gather(t, segment, 0)
+
+
+#: ``(mean, m2, positions) -> (mean, m2, count)`` pooled over the batch (and, for sync batch norm, over processes)
+Pool = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def pool_batch(mean: torch.Tensor, m2: torch.Tensor, positions: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Chan's combination of ``N`` rows of ``P`` values: :math:`\bar m = \frac1N\sum_n m_n`,
+    :math:`M_2 = \sum_n M_{2,n} + P \sum_n (m_n - \bar m)^2`, over :math:`N P` values; each ``(1, C)``."""
+    mu = mean.mean(0, keepdim=True)
+    spread = m2.sum(0, keepdim=True) + positions * (mean - mu).square().sum(0, keepdim=True)
+    return mu, spread, mean.new_ones(()) * (positions * mean.shape[0])
+
+
+def torch_field_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    t: IndexTensors,
+    ptr: torch.Tensor | None,
+    channels_last: bool,
+    batch: bool,
+    eps: float,
+    pool: Pool = pool_batch,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``field_norm`` in plain ATen operations: the reference, differentiable to any order."""
+    if x.numel() == 0 and not (batch and pool is not pool_batch):  # a process's share of a synchronised batch
+        # may be empty: it still joins the pool's collective
+        stats = x.new_zeros(statistics_shape(x, channels_last, ptr), dtype=accumulation_dtype(x.dtype))
+        # y still depends on the parameters, so that their gradients are zeros (as the compiled op's), not None
+        unused = sum((p.sum() * 0 for p in (weight, bias) if p is not None), x.new_zeros(()))
+        return x + unused.to(x.dtype), stats, stats.clone()
+    mean, m2, positions, rows = torch_moments(x, channels_last, ptr)
+    pooled = pool(mean, m2, positions) if batch else (mean, m2, positions)  # type: ignore[arg-type]
+    a, beta = affine_coefficients(*pooled, weight, bias, t, eps)
+    y = x.to(a.dtype) * rows(a) + rows(beta)
+    return y.to(x.dtype), mean, m2
+
 
 #: the ops' schemas, exactly as csrc/schemas.cpp defines them (tests/test_pure_kernels.py compares them)
 SCHEMAS = (

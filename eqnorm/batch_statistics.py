@@ -77,7 +77,8 @@ def global_moments(
 def sync_pool(
     process_group: Any,
 ) -> Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The ``pool`` of :func:`eqnorm._ops.torch_field_norm` that combines the batch over every process of the group."""
+    """The ``pool`` of :func:`eqnorm._pure_kernels.torch_field_norm` that combines the batch over every process of
+    the group."""
 
     def pool(mean: torch.Tensor, m2: torch.Tensor, positions: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         total, mu, spread = global_moments(mean, m2, positions, True, process_group)

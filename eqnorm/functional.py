@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from . import _ops
+from . import _ops, _pure_kernels
 from .layout import FieldLayout, IndexTensors
 
 __all__ = ["field_group_norm", "field_norm"]
@@ -48,7 +48,7 @@ def field_norm(
     *,
     ptr: torch.Tensor | None = None,
     batch: bool = False,
-    pool: _ops.Pool | None = None,
+    pool: _pure_kernels.Pool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""The unchecked fast path behind every layer: ``(y, mean, m2)`` for ``x`` ``(N, C, *spatial)`` (any memory
     format), or ragged ``(rows, C)`` with offsets ``ptr``, statistics pooled over the batch when ``batch``.
@@ -64,7 +64,7 @@ def field_norm(
         return _ops.field_norm_dense(x, weight, bias, t, batch, eps)
     rows, channels_last = _rows(x)
     if pool is not None:
-        y, mean, m2 = _ops.torch_field_norm(rows, weight, bias, t, None, channels_last, batch, eps, pool)
+        y, mean, m2 = _pure_kernels.torch_field_norm(rows, weight, bias, t, None, channels_last, batch, eps, pool)
     else:
         y, mean, m2 = _ops.field_norm(rows, weight, bias, t, None, channels_last, batch, eps)
     if channels_last:
@@ -157,7 +157,7 @@ def field_group_norm(
             )
         if ptr.device != x.device:
             raise ValueError(f"ptr is on {ptr.device} but the input is on {x.device}")
-        _ops.check_ptr(ptr, x.shape[0])
+        _pure_kernels.check_ptr(ptr, x.shape[0])
     if weight is not None:
         check_parameter("weight", weight, layout.num_fields, x)
     if bias is not None:

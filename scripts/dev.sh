@@ -98,13 +98,13 @@ case "$job" in
       # the extras of its kind; escnn kinds run the checker on its default model
       (cd "$tmp" && "$tmp/$1/bin/python" - "$1" <<'PY'
 import sys, torch, eqnorm
-from eqnorm import FieldLayout, FieldNorm, _ops
+from eqnorm import FieldLayout, FieldNorm, _pure_kernels
 kind = sys.argv[1]
 assert "site-packages" in eqnorm.__file__, eqnorm.__file__  # the installed package, not a checkout
 assert eqnorm.kernel_backend("cpu") == "cpp", "the compiled kernels did not load"
 norm = FieldNorm(FieldLayout.scalars(8, 2)).double()
 x = torch.randn(2, 8, 5, dtype=torch.float64, requires_grad=True)
-want = _ops.torch_field_norm(x.flatten(2), norm.weight, norm.bias, norm.index_tensors, None, False, False, 1e-5)
+want = _pure_kernels.torch_field_norm(x.flatten(2), norm.weight, norm.bias, norm.index_tensors, None, False, False, 1e-5)
 torch.testing.assert_close(norm(x), want[0].view_as(x))
 if kind in ("escnn", "all"):
     from escnn import gspaces, nn

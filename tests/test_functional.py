@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from reference import reference_norm
 from strategies import layout_of, random_irrep_matrices, specs
 
-from eqnorm import FieldLayout, _ops
+from eqnorm import FieldLayout, _ops, _pure_kernels
 from eqnorm.functional import field_group_norm
 
 CENTERINGS = st.sampled_from(["trivial", "all", "none"])
@@ -163,7 +163,7 @@ def test_a_layout_of_the_wrong_type_is_refused():
 def test_eager_dense_call_equals_the_traced_form(shape):
     """Eager calls view a contiguous input as rows inside the bound C++ call; traced code views it in Python. Both give
     the same output shape, values and gradients."""
-    from eqnorm import _ops, kernel_backend
+    from eqnorm import kernel_backend
 
     if kernel_backend() != "cpp":
         pytest.skip("the dense call is the compiled extension's")
@@ -203,7 +203,7 @@ def test_pure_pytorch_kernels_give_the_same_bits_at_every_thread_count(shape, pt
         for threads in (1, 2, 3, 8):
             torch.set_num_threads(threads)
             xg = x.clone().requires_grad_()
-            y = _ops.torch_field_norm(xg, w, b, layout.tensors, ptr, ptr is not None, batch, 1e-5)[0]
+            y = _pure_kernels.torch_field_norm(xg, w, b, layout.tensors, ptr, ptr is not None, batch, 1e-5)[0]
             results.append((y.detach(), *torch.autograd.grad((y * y.detach().cos()).sum(), xg)))
     finally:
         torch.set_num_threads(before)

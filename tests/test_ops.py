@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from strategies import layout_of, specs
 
 import eqnorm
-from eqnorm import _ops
+from eqnorm import _pure_kernels
 from eqnorm.layout import FieldLayout
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -67,9 +67,9 @@ def test_forward_and_backward_match_reference(device, dtype):
         w, b = (p.requires_grad_() for p in parameters(device))
         wr, br = (p.detach().clone().requires_grad_() for p in (w, b))
         y, mean, m2 = torch.ops.eqnorm.field_norm(x, w, b, list(_layout(device)), ptr, last, batch, 1e-5)
-        yr, mean_r, m2_r = _ops.torch_field_norm(xr, wr, br, _layout(device), ptr, last, batch, 1e-5)
+        yr, mean_r, m2_r = _pure_kernels.torch_field_norm(xr, wr, br, _layout(device), ptr, last, batch, 1e-5)
         assert y.dtype == dtype and y.shape == x.shape, name
-        assert mean.dtype == _ops.accumulation_dtype(dtype), name
+        assert mean.dtype == _pure_kernels.accumulation_dtype(dtype), name
         tol = TOL[dtype]
         torch.testing.assert_close(y.double(), yr.detach(), atol=tol * 4, rtol=tol, msg=name)
         torch.testing.assert_close(mean.double(), mean_r.detach(), atol=tol, rtol=tol, msg=name)
@@ -102,7 +102,7 @@ def test_absent_parameters_are_a_weight_of_one_and_a_bias_of_zero(device, has_we
         wr = ones if weight is None else weight.detach().clone().requires_grad_()
         br = zeros if bias is None else bias.detach().clone().requires_grad_()
         yr = torch.ops.eqnorm.field_norm(xr, wr, br, list(layout), ptr, last, batch, 1e-5)[0]
-        pure = _ops.torch_field_norm(x64, weight, bias, layout, ptr, last, batch, 1e-5)[0]
+        pure = _pure_kernels.torch_field_norm(x64, weight, bias, layout, ptr, last, batch, 1e-5)[0]
         torch.testing.assert_close(y, yr, atol=0, rtol=0, msg=name)
         torch.testing.assert_close(pure, yr.detach(), atol=1e-12, rtol=1e-12, msg=name)
         dy = torch.randn_like(y)
@@ -138,7 +138,7 @@ def test_backward_computes_what_its_output_mask_asks_for(device, mask):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", [torch.ops.eqnorm.field_norm, _ops.torch_field_norm], ids=["compiled", "torch"])
+@pytest.mark.parametrize("op", [torch.ops.eqnorm.field_norm, _pure_kernels.torch_field_norm], ids=["compiled", "torch"])
 def test_float32_variance_overflow_gives_nan_never_a_finite_wrong_output(device, op):
     # float32 squares overflow from |x| ~ 1.8e19 on; an infinite variance once gave a zero coefficient and the bias as
     # output, finite and wrong. float64 (no overflow) says what the output should be.
@@ -217,7 +217,7 @@ def test_random_layouts_match_reference(spec, centering, seed):
     b = torch.randn(layout.num_trivial, generator=gen, dtype=torch.float64).requires_grad_()
     t = layout.tensors
     y = torch.ops.eqnorm.field_norm(x, w, b, list(t), None, False, False, 1e-5)[0]
-    yr = _ops.torch_field_norm(x, w, b, t, None, False, False, 1e-5)[0]
+    yr = _pure_kernels.torch_field_norm(x, w, b, t, None, False, False, 1e-5)[0]
     torch.testing.assert_close(y, yr, atol=1e-11, rtol=1e-11)
     dy = torch.randn_like(y)
     for g, r in zip(torch.autograd.grad(y, (x, w, b), dy), torch.autograd.grad(yr, (x, w, b), dy), strict=True):
@@ -276,7 +276,7 @@ def test_wide_channels_last_rows_match_reference(dtype, ptr, positions):
     xr, wr, br = (t.clone().requires_grad_() for t in (x64, w64, b64))
     t = layout.tensors_on("cpu")
     y, mean, m2 = torch.ops.eqnorm.field_norm(x, w, b, t, ptr, True, False, 1e-5)
-    yr, mean_r, m2_r = _ops.torch_field_norm(xr, wr, br, t, ptr, True, False, 1e-5)
+    yr, mean_r, m2_r = _pure_kernels.torch_field_norm(xr, wr, br, t, ptr, True, False, 1e-5)
     tol = TOL[dtype]
     torch.testing.assert_close(mean.double(), mean_r.detach(), atol=tol, rtol=tol)
     torch.testing.assert_close(m2.double(), m2_r.detach(), atol=tol * 100, rtol=tol)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import eqnorm
-from eqnorm import FieldLayout, FieldNorm, _ops
+from eqnorm import FieldLayout, FieldNorm, _pure_kernels
 
 LAYOUT = FieldLayout([["s", "v"], ["s"], ["v"]], {"s": 1, "v": 2}, {"s"}, [0, 1, 0])
 compiled_only = pytest.mark.skipif(
@@ -26,7 +26,7 @@ def offsets(draw: st.DrawFn) -> list[int]:
 
 
 def reference(x: torch.Tensor, ptr: torch.Tensor, norm: FieldNorm) -> torch.Tensor:
-    return _ops.torch_field_norm(x, norm.weight, norm.bias, norm.index_tensors, ptr, True, False, norm.eps)[0]
+    return _pure_kernels.torch_field_norm(x, norm.weight, norm.bias, norm.index_tensors, ptr, True, False, norm.eps)[0]
 
 
 @compiled_only

@@ -396,8 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     wants_json = "--json" in (sys.argv[1:] if argv is None else argv)
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
-        if escnn_available():
-            import eqnorm.escnn  # noqa: F401  (escnn's scikit-learn workaround, before user code builds a group)
+        if escnn_available():  # escnn's scikit-learn workaround, before user code builds a group
+            from ..escnn._sklearn_compat import patch_randomized_svd
+
+            patch_randomized_svd()
         report = run_checks(parser().parse_args(argv))
     except UsageError as error:
         return _error(str(error), wants_json, debug)

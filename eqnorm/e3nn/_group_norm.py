@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from e3nn.util.jit import compile_mode
 
-from .._ops import check_ptr, is_tracing, kernel_backend
+from .._ops import kernel_backend
+from .._pure_kernels import check_ptr, is_tracing
 from ..layout import FieldLayout
 from ..module import FieldNorm
 from ._graph_index import GraphIndex

@@ -11,7 +11,7 @@ from ._equivariance import equivariance_errors, grid_elements, is_grid_symmetry,
 from ._group_norm import FieldGroupNorm, FieldInstanceNorm, FieldLayerNorm
 from ._sklearn_compat import patch_randomized_svd
 
-patch_randomized_svd()
+patch_randomized_svd()  # escnn's null spaces fail with scikit-learn >= 1.2 otherwise (see _sklearn_compat)
 
 __all__ = [
     "FieldBatchNorm",
