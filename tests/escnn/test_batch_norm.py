@@ -1,5 +1,6 @@
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -139,6 +140,7 @@ def _worker(rank, world, port, x, dy, state, queue, splits, by_argument):
         queue.put((rank, *(t.numpy().copy() for t in tensors)))
     finally:
         torch.distributed.destroy_process_group()
+    _leave(queue)
 
 
 @pytest.mark.parametrize(
@@ -244,6 +246,17 @@ def _ddp_group_norm_worker(rank, world, port, x, state, queue):
         queue.put((rank, [p.grad.numpy().copy() for p in model.parameters()]))
     finally:
         torch.distributed.destroy_process_group()
+    _leave(queue)
+
+
+def _leave(queue) -> None:
+    """End a worker whose results are sent, skipping the interpreter's teardown: gloo's late teardown at exit has
+    ended a finished rank in std::terminate ("terminate called without an active exception", a known race)."""
+    queue.close()
+    queue.join_thread()  # the results reach the parent before the process ends
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _group_norm_model() -> nn.SequentialModule:
