@@ -1,15 +1,7 @@
 r"""Equivariant group normalization on plain tensors: argument checks, the row view of the input, and the one op.
 
-For a sample ``n`` and channel ``c`` with ``P`` positions, from :math:`m_{nc}` and :math:`M_{2,nc}`:
-
-.. math::
-
-    \mathrm{cen}_n = K m_n, \qquad
-    \sigma^2_{n\gamma} = \frac{\sum_{c\in\gamma} M_{2,nc} + P \sum_{c\in\gamma} (m_{nc} - \mathrm{cen}_{nc})^2}
-                              {P\,D_\gamma}, \\
-    y_{ncp} = a_{nc}\,x_{ncp} + \beta_{nc}, \qquad
-    a_{nc} = \frac{w_{\mathrm{field}(c)}}{\sqrt{\sigma^2_{n\gamma(c)} + \epsilon}}, \qquad
-    \beta_{nc} = b_c - a_{nc}\,\mathrm{cen}_{nc}.
+Per sample, :math:`y_{ncp} = a_{nc}\,x_{ncp} + \beta_{nc}` with the coefficients :math:`(a, \beta)` of
+:mod:`eqnorm.coefficients` (the formulas, stated there and in docs/theory.rst).
 
 One call of ``torch.ops.eqnorm.field_norm`` (:mod:`eqnorm._ops`) computes it: two passes over ``x`` forward and two
 backward, the small coefficient map in between, only ``x`` and the ``(N, C)`` statistics saved for backward.
