@@ -1,4 +1,6 @@
-r"""The pure-PyTorch kernels as the op's implementation wherever no compiled kernel is registered.
+r"""The pure-PyTorch kernels: the layer in plain ATen operations (:func:`torch_field_norm`, the reference every
+compiled result is tested against, differentiable to any order and what ``torch.func`` transforms), and their
+registration as the op wherever no compiled kernel is registered.
 
 ``torch.ops.eqnorm.field_norm`` and ``field_norm_backward`` exist on every installation and device: where the compiled
 extension is missing, :func:`register` defines their schemas (those of ``csrc/schemas.cpp``) and registers the
