@@ -17,8 +17,8 @@ using torch::autograd::variable_list;
 using Optional = std::optional<at::Tensor>;
 
 Gradients call_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
-                      const Optional& weight, const Optional& bias, at::TensorList index, const Optional& ptr,
-                      bool last, bool batch, double eps, OutputMask mask) {
+                        const Optional& weight, const Optional& bias, at::TensorList index, const Optional& ptr,
+                        bool last, bool batch, double eps, OutputMask mask) {
   static auto op =
       c10::Dispatcher::singleton().findSchemaOrThrow("eqnorm::field_norm_backward", "").typed<decltype(call_backward)>();
   return op.call(dy, x, mean, m2, weight, bias, index, ptr, last, batch, eps, mask);
@@ -112,9 +112,9 @@ Outputs field_norm_autograd(const at::Tensor& x, const Optional& weight_in, cons
 
 // The fused backward has no derivative of its own: refuse to be differentiated rather than return wrong gradients.
 Gradients field_norm_backward_autograd(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
-                                     const at::Tensor& m2, const Optional& weight, const Optional& bias,
-                                     at::TensorList index, const Optional& ptr, bool last, bool batch, double eps,
-                                     OutputMask mask) {
+                                       const at::Tensor& m2, const Optional& weight, const Optional& bias,
+                                       at::TensorList index, const Optional& ptr, bool last, bool batch, double eps,
+                                       OutputMask mask) {
   const bool differentiated = torch::autograd::GradMode::is_enabled() &&
                               (dy.requires_grad() || x.requires_grad() || requires_grad(given(weight)) ||
                                requires_grad(given(bias)) || mean.requires_grad() || m2.requires_grad());

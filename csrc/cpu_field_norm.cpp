@@ -205,7 +205,7 @@ Stats coefficients_cpu(const Pooled& s, const at::Tensor& weight, const at::Tens
 }
 
 // The parameter gradients the mask asks for, in the accumulation type (undefined: not asked for, or no parameter),
-// written through pointer() and returned in the parameters' dtypes by cast().
+// written by finish() and returned in the parameters' dtypes by cast().
 struct ParameterGradients {
   at::Tensor dweight, dbias;
   const at::Tensor &weight, &bias;
@@ -214,14 +214,10 @@ struct ParameterGradients {
     if (mask[1] && w.defined()) dweight = at::zeros(w.sizes(), options);
     if (mask[2] && b.defined()) dbias = at::zeros(b.sizes(), options);
   }
-  template <typename A> static A* pointer(const at::Tensor& t) { return t.defined() ? t.data_ptr<A>() : nullptr; }
   template <typename A, typename Sums> void finish(const Sums& sums, const HostMap<A>& l) const {
-    sums.finish(l, pointer<A>(dweight), pointer<A>(dbias));
+    sums.finish(l, data_or_null<A>(dweight), data_or_null<A>(dbias));
   }
-  std::tuple<at::Tensor, at::Tensor> cast() const {
-    return {dweight.defined() ? dweight.to(weight.scalar_type()) : dweight,
-            dbias.defined() ? dbias.to(bias.scalar_type()) : dbias};
-  }
+  std::tuple<at::Tensor, at::Tensor> cast() const { return {in_dtype_of(dweight, weight), in_dtype_of(dbias, bias)}; }
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficients_backward_cpu(
@@ -278,9 +274,8 @@ bool point_features(const at::Tensor& x, const std::optional<at::Tensor>& ptr, b
          (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
 }
 
-Outputs points_forward(const at::Tensor& x_in, const at::Tensor& weight,
-                                                             const at::Tensor& bias, const IndexArgs& args,
-                                                             double eps) {
+Outputs points_forward(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias, const IndexArgs& args,
+                       double eps) {
   const at::Tensor x = x_in.contiguous();
   const int64_t N = x.size(0);
   at::Tensor y = at::empty_like(x), mean = at::empty({N, x.size(2)}, x.options()), m2 = at::empty_like(mean);
@@ -364,9 +359,8 @@ bool per_sample(const at::Tensor& x, const std::optional<at::Tensor>& ptr, bool 
   return x.numel() <= kSerialElements || 4 * busiest * T <= 5 * N;  // the busiest thread at most 25% over the mean
 }
 
-Outputs samples_forward(const at::Tensor& x_in, const at::Tensor& weight,
-                                                              const at::Tensor& bias, const Checked& checked,
-                                                              double eps) {
+Outputs samples_forward(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias,
+                        const Checked& checked, double eps) {
   const at::Tensor x = x_in.contiguous();
   const int64_t N = checked.shape.samples, C = checked.shape.channels, P = checked.shape.positions;
   at::Tensor y = at::empty_like(x), mean = at::empty({N, C}, x.options()), m2 = at::empty({N, C}, x.options());
@@ -486,7 +480,8 @@ std::vector<at::Tensor> coefficient_map_for_test(const std::string& executor, co
   const OutputMask mask{true, true, true};
   auto [a, u, v, dweight, dbias] =
       executor == "aten" ? coefficients_backward_aten(*sum_dy_x, *sum_dy, s, weight, bias, l, eps, mask)
-                         : coefficients_backward_cpu(*sum_dy_x, *sum_dy, s, weight, bias, l, eps, mask, 1, part_channels);
+                         : coefficients_backward_cpu(*sum_dy_x, *sum_dy, s, weight, bias, l, eps, mask, 1,
+                                                     part_channels);
   return {a, u, v, dweight, dbias};
 }
 

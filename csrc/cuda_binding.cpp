@@ -115,9 +115,6 @@ const Passes& cuda_passes() {
   return passes;
 }
 
-// A tensor's data as A*, nullptr when undefined (an absent parameter, or a gradient not asked for).
-template <typename A> A* pointer(const at::Tensor& t) { return t.defined() ? t.data_ptr<A>() : nullptr; }
-
 // The layout's map on the GPU: values read as double straight from compiled_value; weight and bias as A (undefined
 // when absent: the map reads nullptr as a weight of 1, a bias of 0).
 template <typename A> struct DeviceMap {
@@ -153,7 +150,7 @@ Stats coefficients_cuda(const Pooled& s, const at::Tensor& weight, const at::Ten
     const DeviceMap<A> l(args, weight, bias);
     const at::Tensor scratch = map_scratch(l.view.map, mean);
     check_cuda("eqnorm::field_norm",
-               eqnorm_cuda::coefficients(l.view.map, pointer<A>(l.weight), pointer<A>(l.bias),
+               eqnorm_cuda::coefficients(l.view.map, data_or_null<A>(l.weight), data_or_null<A>(l.bias),
                                          device_statistics<A>(s, mean, m2, counts, eps), a.data_ptr<A>(),
                                          beta.data_ptr<A>(), static_cast<A*>(scratch.data_ptr()),
                                          c10::cuda::getCurrentCUDAStream()));
@@ -179,17 +176,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
     const at::Tensor scratch = map_scratch(l.view.map, mean);
     const auto stream = c10::cuda::getCurrentCUDAStream();
     check_cuda(op, eqnorm_cuda::coefficients_backward(
-                       l.view.map, pointer<A>(l.weight), pointer<A>(l.bias),
+                       l.view.map, data_or_null<A>(l.weight), data_or_null<A>(l.bias),
                        device_statistics<A>(s, mean, m2, counts, eps),
                        gax.data_ptr<A>(), gb.data_ptr<A>(), a.data_ptr<A>(), u.data_ptr<A>(), v.data_ptr<A>(),
                        gw.data_ptr<A>(), static_cast<A*>(scratch.data_ptr()), stream));
     if (!dweight.defined() && !dbias.defined()) return;
     const at::Tensor gw_total = gw.sum(0), gb_total = gb.sum(0);
     check_cuda(op, eqnorm_cuda::parameter_gradients(l.view.map, gw_total.data_ptr<A>(), gb_total.data_ptr<A>(),
-                                                    pointer<A>(dweight), pointer<A>(dbias), stream));
+                                                    data_or_null<A>(dweight), data_or_null<A>(dbias), stream));
   });
-  return {a, u, v, dweight.defined() ? dweight.to(weight.scalar_type()) : dweight,
-          dbias.defined() ? dbias.to(bias.scalar_type()) : dbias};
+  return {a, u, v, in_dtype_of(dweight, weight), in_dtype_of(dbias, bias)};
 }
 
 Outputs field_norm_cuda(const at::Tensor& x, const std::optional<at::Tensor>& weight,

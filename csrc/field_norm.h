@@ -23,6 +23,12 @@ inline at::Tensor given(const std::optional<at::Tensor>& t) { return t.has_value
 inline std::optional<at::Tensor> optional(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
+// t's data as A*, nullptr when undefined (an absent parameter, or a gradient not asked for): the map's convention.
+template <typename A> A* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<A>() : nullptr; }
+// A parameter's gradient, computed in the accumulation type, in the parameter's dtype (undefined stays undefined).
+inline at::Tensor in_dtype_of(const at::Tensor& grad, const at::Tensor& parameter) {
+  return grad.defined() ? grad.to(parameter.scalar_type()) : grad;
+}
 
 // (dx, dweight, dbias) as the backward's schema returns them: Tensor?, None where not computed (what Inductor and
 // the fake kernels expect of an output that may be absent).
