@@ -117,15 +117,25 @@ print(f"install-check {kind}: eqnorm from {eqnorm.__file__}, kernels {eqnorm.ker
 PY
       )
       if [ "$1" != e3nn ]; then (cd "$tmp" && "$tmp/$1/bin/eqnorm-check" --samples 2 --mode eval | tail -n 1); fi
+      rm -rf "${tmp:?}/$1"
     }
+    # One statement per step (not an && chain, whose failures `set -e` lets pass) and one environment at a time: each
+    # holds a torch, and CI's disk is not ours to fill.
     echo "install-check: e3nn users, from the sdist as the README writes it" >&2
-    fresh e3nn && "$tmp/e3nn/bin/pip" install -q --no-build-isolation "$sdist[e3nn]" && smoke e3nn
+    fresh e3nn
+    "$tmp/e3nn/bin/pip" install -q --no-build-isolation "$sdist[e3nn]"
+    smoke e3nn
     echo "install-check: escnn users, from the sdist as the README writes it" >&2
-    fresh escnn && "$tmp/escnn/bin/pip" install -q "escnn>=1.0.11" "numpy<2" &&
-      "$tmp/escnn/bin/pip" install -q --no-build-isolation "$sdist[escnn]" && smoke escnn
+    fresh escnn
+    "$tmp/escnn/bin/pip" install -q "escnn>=1.0.11" "numpy<2"
+    "$tmp/escnn/bin/pip" install -q --no-build-isolation "$sdist[escnn]"
+    smoke escnn
     echo "install-check: everything, from the wheel (no compiler: seconds)" >&2
-    fresh all && start=$(date +%s) && "$tmp/all/bin/pip" install -q "$wheel[all]" &&
-      echo "wheel installed with everything in $(($(date +%s) - start)) s" && smoke all ;;
+    fresh all
+    start=$(date +%s)
+    "$tmp/all/bin/pip" install -q "$wheel[all]"
+    echo "wheel installed with everything in $(($(date +%s) - start)) s"
+    smoke all ;;
   cuda-check)
     tmp=$(mktemp -d)
     for source in csrc/cuda/*.cu; do
