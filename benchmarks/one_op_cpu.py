@@ -4,7 +4,7 @@ Each round times both candidates in turn (interleaved), each for at least 20 ms 
 ``blocked_autorange``, benchmarks/_timing.py), so both see the same machine
 state; the table reports the median time of each over the rounds and the median over rounds of the ratio of the two
 times taken side by side (on a shared machine the load drifts between rounds; within a round it mostly cancels).
-Usage: ``python benchmarks/one_op_cpu.py [--rounds N]``.
+Usage: ``python benchmarks/one_op_cpu.py [--rounds N] [--only TEXT]`` (``--only``: the cases whose name contains it).
 """
 
 from __future__ import annotations
@@ -55,10 +55,13 @@ def call(module: torch.nn.Module, x: torch.Tensor, backward: bool) -> Callable[[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
     args = parser.parse_args()
     print(f"kernels: {kernel_backend()}; torch {torch.__version__}")
     print("| case | eqnorm | torch.nn.GroupNorm | ratio |\n|---|---:|---:|---:|")
     for name, shape, layout, groups, threads, backward in cases():
+        if args.only not in name:
+            continue
         torch.set_num_threads(threads)
         lay = layout()
         x = torch.randn(shape).requires_grad_(backward)

@@ -55,9 +55,25 @@ inline void check_like(const char* op, const char* name, const at::Tensor& t, co
   TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
 }
 
-inline void check_stat(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x, RowShape s) {
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == s.samples && t.size(1) == s.channels, op, ": ", name,
-              " must have shape (", s.samples, ", ", s.channels, "), got ", t.sizes());
+// Point rows: one position per sample of its own (no ptr, no batch pooling), as e3nn's node features. A row's
+// statistics there are the row itself (mean x, M2 0), so field_norm keeps none: its mean and m2 are (N, 0), and the
+// backward reads x instead. Statistics as large as x would cost two more writes of x per call, and the memory autograd
+// holds for the backward.
+inline bool point_rows(const RowShape& s, const std::optional<at::Tensor>& ptr, bool batch) {
+  return !ptr.has_value() && !batch && s.positions == 1;
+}
+
+// The columns of field_norm's mean and m2: C, or none for point rows.
+inline int64_t statistics_columns(const RowShape& s, const std::optional<at::Tensor>& ptr, bool batch) {
+  return point_rows(s, ptr, batch) ? 0 : s.channels;
+}
+
+// t is (N, columns) in x's accumulation dtype, on x's device (columns: C unless said).
+inline void check_stat(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x, RowShape s,
+                       int64_t columns = -1) {
+  columns = columns < 0 ? s.channels : columns;
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == s.samples && t.size(1) == columns, op, ": ", name,
+              " must have shape (", s.samples, ", ", columns, "), got ", t.sizes());
   const auto acc = accumulation_type(x.scalar_type());
   TORCH_CHECK(t.scalar_type() == acc, op, ": ", name, " must be ", acc, " for ", x.scalar_type(), " x, got ",
               t.scalar_type());

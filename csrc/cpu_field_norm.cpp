@@ -266,24 +266,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> coefficie
   return coefficients_backward_cpu(sum_dy_x, sum_dy, s, weight, bias, args, eps, mask, 16, kWholeRows);
 }
 
-// Point features (one position per sample, channels-last: e3nn node features): a row's statistics are the row itself
+// Point rows (checks.h: one position per sample, as e3nn's node features): a row's statistics are the row itself
 // (m = x, M2 = 0), so one pass reads x and writes y, and one reads dy and x and writes dx, with no (N, C) coefficient
-// arrays in between. mean and m2 are still returned, as the schema says.
+// or statistics arrays in between. (N, C, 1) and (N, 1, C) rows lie alike in memory: rows of C values.
 bool point_features(const at::Tensor& x, const std::optional<at::Tensor>& ptr, bool last, bool batch) {
-  return !ptr.has_value() && last && !batch && x.size(1) == 1 && x.numel() > 0 &&
+  return !ptr.has_value() && !batch && x.dim() == 3 && x.size(last ? 1 : 2) == 1 && x.numel() > 0 &&
          (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
 }
 
-Outputs points_forward(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias, const IndexArgs& args,
+Outputs points_forward(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias, const Checked& checked,
                        double eps) {
   const at::Tensor x = x_in.contiguous();
-  const int64_t N = x.size(0);
-  at::Tensor y = at::empty_like(x), mean = at::empty({N, x.size(2)}, x.options()), m2 = at::empty_like(mean);
+  const int64_t N = checked.shape.samples;
+  at::Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "eqnorm::field_norm points", [&] {
     using A = scalar_t;
-    const HostMap<A> l(args, weight, bias);
+    const HostMap<A> l(checked.index, weight, bias);
     const A* xp = x.data_ptr<A>();
-    A *yp = y.data_ptr<A>(), *mp = mean.data_ptr<A>(), *m2p = m2.data_ptr<A>();
+    A* yp = y.data_ptr<A>();
     at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
       Sample<A> w(l, 3);
       A *zeros = w.array(0), *a = w.array(1), *beta = w.array(2);
@@ -292,16 +292,12 @@ Outputs points_forward(const at::Tensor& x_in, const at::Tensor& weight, const a
         const int64_t r = n * l.map.C;
         const A* xr = xp + r;
         w.coefficients(l, xr, zeros, A(1), static_cast<A>(eps), a, beta);
-        // The statistics written here, while the row is in L1, one array at a time: three interleaved store
-        // streams ran at half speed in processes whose allocator had placed y, mean and m2 64 bytes apart modulo
-        // 4 KiB (1.1 ms or 2.9 ms per call on one shape, by process).
         for (int64_t c = 0; c < l.map.C; ++c) yp[r + c] = a[c] * xr[c] + beta[c];
-        std::copy(xr, xr + l.map.C, mp + r);
-        std::fill(m2p + r, m2p + r + l.map.C, A(0));
       }
     });
   });
-  return {y, mean, m2};
+  const at::Tensor none = at::empty({N, 0}, x.options());  // point rows keep no statistics (checks.h)
+  return {y, none, none.clone()};
 }
 
 Outputs points_backward(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& weight,
@@ -428,8 +424,7 @@ Outputs field_norm_cpu(const at::Tensor& x, const std::optional<at::Tensor>& wei
                        const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
   const at::Tensor weight = given(weight_in), bias = given(bias_in);
   if (point_features(x, ptr, last, batch))
-    return points_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, index, ptr, last, batch).index,
-                          eps);
+    return points_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, index, ptr, last, batch), eps);
   if (per_sample(x, ptr, last, batch))
     return samples_forward(x, weight, bias, check("eqnorm::field_norm", x, weight, bias, index, ptr, last, batch), eps);
   return field_norm_forward(cpu_passes(), &coefficients_rows, x, weight, bias, index, ptr, last, batch, eps);

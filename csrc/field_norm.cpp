@@ -69,8 +69,15 @@ Pooled pooled(const at::Tensor& mean, const at::Tensor& m2, const std::optional<
   return {mean, m2, static_cast<double>(s.positions), at::Tensor()};
 }
 
-at::Tensor empty_stat(const at::Tensor& x, const RowShape& s) {
-  return at::zeros({s.samples, s.channels}, x.options().dtype(accumulation_type(x.scalar_type())));
+// field_norm's mean or m2 of an empty x, or of point rows (which keep none)
+at::Tensor empty_stat(const at::Tensor& x, const RowShape& s, int64_t columns) {
+  return at::zeros({s.samples, columns}, x.options().dtype(accumulation_type(x.scalar_type())));
+}
+
+// The statistics that point rows do not keep: mean x and M2 0, each (N, C)
+Stats point_statistics(const at::Tensor& x, const RowShape& s) {
+  const at::Tensor mean = x.reshape({s.samples, s.channels}).to(accumulation_type(x.scalar_type()));
+  return {mean, at::zeros_like(mean)};
 }
 
 }  // namespace
@@ -90,8 +97,9 @@ Checked check_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tens
   const char* op = "eqnorm::field_norm_backward";
   Checked checked = check(op, x, weight, bias, index, ptr, last, batch);
   check_like(op, "dy", dy, x);
-  check_stat(op, "mean", mean, x, checked.shape);
-  check_stat(op, "m2", m2, x, checked.shape);
+  const int64_t columns = statistics_columns(checked.shape, ptr, batch);
+  check_stat(op, "mean", mean, x, checked.shape, columns);
+  check_stat(op, "m2", m2, x, checked.shape, columns);
   return checked;
 }
 
@@ -132,14 +140,18 @@ Outputs field_norm_forward(const Passes& p, CoefficientsForward coefficients, co
                            const at::Tensor& weight, const at::Tensor& bias, at::TensorList index,
                            const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps) {
   const auto [s, l] = check("eqnorm::field_norm", x, weight, bias, index, ptr, last, batch);
-  if (x.numel() == 0) return {at::empty_like(x, at::MemoryFormat::Contiguous), empty_stat(x, s), empty_stat(x, s)};
+  const int64_t columns = statistics_columns(s, ptr, batch);
+  if (x.numel() == 0)
+    return {at::empty_like(x, at::MemoryFormat::Contiguous), empty_stat(x, s, columns), empty_stat(x, s, columns)};
   const auto [mean, m2] = p.moments(x, last, ptr);
   auto [a, beta] = coefficients(pooled(mean, m2, ptr, s, batch), weight, bias, l, eps);
   if (batch) {
     a = a.expand_as(mean).contiguous();
     beta = beta.expand_as(mean).contiguous();
   }
-  return {p.affine(x, a, beta, last, ptr), mean, m2};
+  at::Tensor y = p.affine(x, a, beta, last, ptr);
+  if (columns == 0) return {y, empty_stat(x, s, 0), empty_stat(x, s, 0)};
+  return {y, mean, m2};
 }
 
 // The backward of an empty x.
@@ -150,11 +162,12 @@ static Outputs no_gradient(const at::Tensor& x, const at::Tensor& weight, const 
 }
 
 Outputs field_norm_backward(const Passes& p, CoefficientsBackward coefficients, const at::Tensor& dy,
-                            const at::Tensor& x, const at::Tensor& mean, const at::Tensor& m2,
+                            const at::Tensor& x, const at::Tensor& mean_in, const at::Tensor& m2_in,
                             const at::Tensor& weight, const at::Tensor& bias, at::TensorList index,
                             const std::optional<at::Tensor>& ptr, bool last, bool batch, double eps, OutputMask mask) {
-  const auto [s, l] = check_backward(dy, x, mean, m2, weight, bias, index, ptr, last, batch);
+  const auto [s, l] = check_backward(dy, x, mean_in, m2_in, weight, bias, index, ptr, last, batch);
   if (x.numel() == 0) return no_gradient(x, weight, bias, mask);
+  const auto [mean, m2] = point_rows(s, ptr, batch) ? point_statistics(x, s) : Stats{mean_in, m2_in};
   auto [sum_dy, sum_dy_x] = p.moments_backward(dy, x, last, ptr);
   if (batch) {
     sum_dy = sum_dy.sum(0, true);

@@ -36,7 +36,7 @@ TORCH_LIBRARY(eqnorm, m) {
   // one call. x is (N, C, P), (N, P, C) when channels_last, or ragged (rows, C) with offsets ptr; batch pools the
   // statistics over the samples (batch norm). weight (F,) and bias (T,) are optional: None is a weight of 1, a bias
   // of 0. index is the FieldLayout's index tensors (index_args.h). Returns y and the per-sample mean
-  // and M2 (N, C) that the backward reads.
+  // and M2 (N, C) that the backward reads; (N, 0) for point rows (checks.h), whose backward reads x instead.
   m.def(
       "field_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor[] index, Tensor? ptr, bool channels_last, "
       "bool batch, float eps) -> (Tensor, Tensor, Tensor)");

@@ -65,7 +65,7 @@ if EXTENSION:
             if t is not None and t.device != x.device:
                 raise RuntimeError(f"eqnorm::field_norm: {name} is on {t.device} but x is on {x.device}")
         torch._check(x.dim() == (2 if ptr is not None else 3), lambda: f"eqnorm::field_norm: bad x {x.shape}")
-        shape = statistics_shape(x, channels_last, ptr)
+        shape = statistics_shape(x, channels_last, ptr, batch)
         acc = accumulation_dtype(x.dtype)
         y = torch.empty_like(x, memory_format=torch.contiguous_format)
         return y, x.new_empty(shape, dtype=acc), x.new_empty(shape, dtype=acc)

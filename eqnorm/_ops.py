@@ -9,7 +9,9 @@ pooled over the batch when ``batch``:
 
     m = \frac1P \sum_p x_p, \quad M_2 = \sum_p (x_p - m)^2, \quad (a, \beta) = f(m, M_2, w, b), \quad y = a x + \beta
 
-(:mod:`eqnorm.coefficients` gives :math:`f`). Its autograd is registered in C++ with the op (``csrc/autograd.cpp``):
+(:mod:`eqnorm.coefficients` gives :math:`f`). ``mean`` and ``m2`` are ``(N, C)``, or ``(N, 0)`` for point rows
+(one position per sample, no ``ptr``, not ``batch``), where they would be ``x`` itself and zeros: the op keeps none
+and its backward reads ``x``. Its autograd is registered in C++ with the op (``csrc/autograd.cpp``):
 the backward is the fused ``eqnorm::field_norm_backward``, or, under ``create_graph=True``, a differentiable composite.
 Statistics are float32 for float16/bfloat16/float32 inputs and float64 for float64.
 

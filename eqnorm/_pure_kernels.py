@@ -33,11 +33,16 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 Rows = Callable[[torch.Tensor], torch.Tensor]
 
 
-def statistics_shape(x: torch.Tensor, channels_last: bool, ptr: torch.Tensor | None) -> tuple[int, int]:
-    """``(N, C)``: the shape of the per-sample statistics of the rows ``x``."""
+def statistics_shape(
+    x: torch.Tensor, channels_last: bool, ptr: torch.Tensor | None, batch: bool
+) -> tuple[int | torch.SymInt, int | torch.SymInt]:
+    """``(N, C)``: the shape of the per-sample statistics ``field_norm`` returns for the rows ``x``; ``(N, 0)`` for
+    point rows (one position per sample, no ``ptr``, no batch pooling: e3nn's node features), whose statistics would
+    be ``x`` itself and zeros (the backward reads ``x`` instead)."""
     if ptr is not None:
         return ptr.shape[0] - 1, x.shape[1]
-    return x.shape[0], x.shape[2 if channels_last else 1]
+    positions, channels = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[1])
+    return x.shape[0], 0 if positions == 1 and not batch else channels
 
 
 def is_tracing(x: torch.Tensor) -> bool:
@@ -104,7 +109,7 @@ def torch_field_norm(
     """``field_norm`` in plain ATen operations: the reference, differentiable to any order."""
     if x.numel() == 0 and not (batch and pool is not pool_batch):  # a process's share of a synchronised batch
         # may be empty: it still joins the pool's collective
-        stats = x.new_zeros(statistics_shape(x, channels_last, ptr), dtype=accumulation_dtype(x.dtype))
+        stats = x.new_zeros(statistics_shape(x, channels_last, ptr, batch), dtype=accumulation_dtype(x.dtype))
         # y still depends on the parameters, so that their gradients are zeros (as the compiled op's), not None
         unused = sum((p.sum() * 0 for p in (weight, bias) if p is not None), x.new_zeros(()))
         return x + unused.to(x.dtype), stats, stats.clone()
@@ -112,6 +117,9 @@ def torch_field_norm(
     pooled = pool(mean, m2, positions) if batch else (mean, m2, positions)  # type: ignore[arg-type]
     a, beta = affine_coefficients(*pooled, weight, bias, t, eps)
     y = x.to(a.dtype) * rows(a) + rows(beta)
+    shape = statistics_shape(x, channels_last, ptr, batch)
+    if shape[1] == 0:  # point rows keep no statistics
+        return y.to(x.dtype), mean.new_zeros(shape), m2.new_zeros(shape)
     return y.to(x.dtype), mean, m2
 
 

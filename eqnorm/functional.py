@@ -4,7 +4,8 @@ Per sample, :math:`y_{ncp} = a_{nc}\,x_{ncp} + \beta_{nc}` with the coefficients
 :mod:`eqnorm.coefficients` (the formulas, stated there and in docs/theory.rst).
 
 One call of ``torch.ops.eqnorm.field_norm`` (:mod:`eqnorm._ops`) computes it: two passes over ``x`` forward and two
-backward, the small coefficient map in between, only ``x`` and the ``(N, C)`` statistics saved for backward.
+backward, the small coefficient map in between, only ``x`` and the ``(N, C)`` statistics saved for backward (none
+for point features, whose statistics are ``x`` itself).
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def field_norm(
 
     ``weight`` ``(F,)`` and ``bias`` ``(T,)`` are per field and per trivial copy (``None``: a weight of 1, a bias of
     0); ``t`` is the layout's tensors on ``x``'s device. ``mean`` and ``m2`` are the per-sample statistics
-    :math:`m`, :math:`M_2` ``(N, C)``. A ``pool`` (batch statistics combined across processes) runs the pure-PyTorch
-    form, whose pooling it replaces.
+    :math:`m`, :math:`M_2` ``(N, C)``; ``(N, 0)`` for point features (one position per sample, not ``batch``), whose
+    statistics would be ``x`` itself and zeros. A ``pool`` (batch statistics combined across processes) runs the
+    pure-PyTorch form, whose pooling it replaces.
     """
     if ptr is not None:
         return _ops.field_norm(x.contiguous(), weight, bias, t, ptr.contiguous(), True, False, eps)

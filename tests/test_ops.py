@@ -208,6 +208,42 @@ def test_opcheck(device):
         )
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])  # the CPU's one-pass kernel, and the passes
+@pytest.mark.parametrize("last", [False, True])
+def test_point_rows_keep_no_statistics_and_their_backward_reads_x(device, dtype, last):
+    """One position per sample (no ptr, not batch): mean and M2 would be x and 0, so the op returns them (N, 0), in
+    every implementation and the fake kernel alike, and its backward, reading x, still equals the reference's.
+    Pooled over the batch, the same rows keep their (N, C) statistics (batch norm's running statistics read them)."""
+    x = torch.randn(5, 8, 1, dtype=torch.float64, device=device)
+    x = (x.transpose(1, 2) if last else x).to(dtype).requires_grad_()
+    w, b = parameters(device, dtype)
+    index = list(_layout(device))
+    y, mean, m2 = torch.ops.eqnorm.field_norm(x, w, b, index, None, last, False, 1e-5)
+    acc = _pure_kernels.accumulation_dtype(dtype)
+    assert mean.shape == m2.shape == (5, 0) and mean.dtype == m2.dtype == acc
+    pure = _pure_kernels.torch_field_norm(x, w, b, _layout(device), None, last, False, 1e-5)
+    assert pure[1].shape == pure[2].shape == (5, 0)
+    tol = TOL[dtype]
+    torch.testing.assert_close(y.double(), pure[0].double(), atol=tol * 4, rtol=tol)
+    with torch._subclasses.FakeTensorMode() as mode:
+        fx, fw, fb, *findex = (mode.from_tensor(t) for t in (x, w, b, *index))
+        fake = torch.ops.eqnorm.field_norm(fx, fw, fb, findex, None, last, False, 1e-5)
+    assert fake[1].shape == fake[2].shape == (5, 0)
+    assert torch.ops.eqnorm.field_norm(x, w, b, index, None, last, True, 1e-5)[1].shape == (5, 8)
+    dy = torch.randn_like(x)
+    got = torch.ops.eqnorm.field_norm_backward(
+        dy, x.detach(), mean, m2, w, b, index, None, last, False, 1e-5, [True] * 3
+    )
+    want = torch.autograd.grad(pure[0], (x,), dy)[0]
+    torch.testing.assert_close(got[0].double(), want.double(), atol=tol * 4, rtol=tol)
+    full = torch.zeros(5, 8, dtype=acc, device=device)
+    with pytest.raises(RuntimeError, match=r"mean must have shape \(5, 0\), got \[5, 8\]"):
+        torch.ops.eqnorm.field_norm_backward(
+            dy, x.detach(), full, full, w, b, index, None, last, False, 1e-5, [True] * 3
+        )
+
+
 @given(spec=specs(max_fields=4), centering=st.sampled_from(["trivial", "all", "none"]), seed=st.integers(0, 99))
 def test_random_layouts_match_reference(spec, centering, seed):
     layout = layout_of(spec, centering)
