@@ -22,7 +22,16 @@ from torch._subclasses.fake_tensor import is_fake
 from .coefficients import affine_coefficients, gather, scatter_sum
 from .operators import IndexTensors
 
-__all__ = ["SCHEMAS", "accumulation_dtype", "backward_of", "check_ptr", "is_tracing", "register", "torch_field_norm"]
+__all__ = [
+    "SCHEMAS",
+    "accumulation_dtype",
+    "backward_of",
+    "check_ptr",
+    "is_tracing",
+    "register",
+    "torch_field_norm",
+    "torch_segment_offsets",
+]
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -123,13 +132,35 @@ def torch_field_norm(
     return y.to(x.dtype), mean, m2
 
 
-#: the ops' schemas, exactly as csrc/schemas.cpp defines them (tests/test_pure_kernels.py compares them)
+def torch_segment_offsets(batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    r"""``eqnorm::segment_offsets`` in ATen operations: :math:`\mathrm{ptr}_n = |\{i : \mathrm{batch}_i < n\}|` for
+    :math:`n = 0 \ldots` ``num_graphs``. ``batch`` must be sorted with ids below ``num_graphs``; ``_assert_async``
+    checks it when the code runs, eager, compiled, exported or scripted, as the compiled op does
+    (csrc/segment_offsets.cpp, whose messages these are)."""
+    op = "eqnorm::segment_offsets"
+    torch._check(
+        batch.dim() == 1 and batch.dtype == torch.long,
+        lambda: f"{op}: batch must be 1D int64 graph indices, got {batch.dtype} of shape {list(batch.shape)}",
+    )
+    torch._check(num_graphs >= 0, lambda: f"{op}: num_graphs must be non-negative, got {num_graphs}")
+    b = batch.contiguous()  # an expanded single-graph index is not contiguous
+    if b.numel() > 0:
+        sorted_ids = b.diff().ge(0).all()
+        torch._assert_async(sorted_ids, f"{op}: batch must be sorted (nodes grouped by graph); sort the nodes first")
+        in_range = b.min().ge(0).logical_and(b.max().lt(num_graphs))
+        torch._assert_async(in_range, f"{op}: batch holds a graph id outside 0 .. num_graphs - 1")
+    return torch.searchsorted(b, torch.arange(num_graphs + 1, device=b.device))
+
+
+#: the ops' schemas, exactly as csrc/schemas.cpp and csrc/segment_offsets.cpp define them (tests/test_pure_kernels.py
+#: compares them)
 SCHEMAS = (
     "field_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor[] index, Tensor? ptr, bool channels_last, "
     "bool batch, float eps) -> (Tensor, Tensor, Tensor)",
     "field_norm_backward(Tensor dy, Tensor x, Tensor mean, Tensor m2, Tensor? weight, Tensor? bias, "
     "Tensor[] index, Tensor? ptr, bool channels_last, bool batch, float eps, bool[3] output_mask) "
     "-> (Tensor?, Tensor?, Tensor?)",
+    "segment_offsets(Tensor batch, SymInt num_graphs) -> Tensor",
 )
 
 #: ``field_norm``: ``(x, weight, bias, index, ptr, channels_last, batch, eps) -> (y, mean, m2)``
@@ -166,8 +197,9 @@ _LIBRARIES: list[torch.library.Library] = []
 
 
 def register(defined: bool, keys: Iterable[str], forward: Forward) -> None:
-    """Register ``forward`` and its backward as the ops at each dispatch key of ``keys``, after defining the schemas
-    unless ``defined`` (the compiled extension defined them)."""
+    """Register ``forward`` and its backward as the ops at each dispatch key of ``keys`` (``CompositeImplicitAutograd``
+    or ``Autograd<device>``), after defining the schemas unless ``defined`` (the compiled extension defined them);
+    :func:`torch_segment_offsets` wherever the extension has no kernel of that op."""
     keys = list(keys)
     if not keys:
         return
@@ -178,4 +210,7 @@ def register(defined: bool, keys: Iterable[str], forward: Forward) -> None:
     for key in keys:
         lib.impl("field_norm", forward, key)
         lib.impl("field_norm_backward", backward_of(forward), key)
+        backend = key.removeprefix("Autograd")  # segment_offsets has no autograd: its kernel is the device's own
+        if not defined or not torch._C._dispatch_has_kernel_for_dispatch_key("eqnorm::segment_offsets", backend):
+            lib.impl("segment_offsets", torch_segment_offsets, backend)
     _LIBRARIES.append(lib)

@@ -13,7 +13,7 @@ from eqnorm import _pure_kernels
 pytestmark = pytest.mark.skipif(eqnorm.kernel_backend("cpu") == "torch", reason="the compiled extension is not built")
 
 
-@pytest.mark.parametrize("name", ["field_norm", "field_norm_backward"])
+@pytest.mark.parametrize("name", ["field_norm", "field_norm_backward", "segment_offsets"])
 def test_the_schemas_are_those_the_extension_defines(name):
     schema = next(s for s in _pure_kernels.SCHEMAS if s.startswith(name + "("))
     assert str(getattr(torch.ops.eqnorm, name).default._schema) == "eqnorm::" + schema
@@ -64,3 +64,38 @@ def test_without_the_extension_the_op_is_the_pure_kernels(tmp_path):
         torch.testing.assert_close(got, expected.detach(), atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(scripted, eager, atol=0, rtol=0)
     assert ddx.abs().max() > 0
+
+
+# The graph offsets where the extension cannot be imported: eqnorm::segment_offsets is the pure kernel, which checks
+# the graph index when eager, compiled and scripted code runs (a traced Python check would be skipped).
+GRAPHS_WITHOUT_EXTENSION = """
+import sys, warnings
+sys.modules["eqnorm._C"] = None
+warnings.simplefilter("ignore", RuntimeWarning)
+import torch
+from eqnorm.e3nn import IrrepsGroupNorm, segment_offsets
+offsets = segment_offsets(5, torch.tensor([0, 0, 2, 2, 2]), None, torch.device("cpu"), 4)
+assert offsets.tolist() == [0, 2, 2, 5, 5], offsets
+norm = IrrepsGroupNorm("4x0e+2x1o", 2, over="graph")
+def eager(x, batch):
+    return norm(x, batch=batch, num_graphs=2)
+compiled = torch.compile(eager, fullgraph=True, dynamic=True)
+script = torch.jit.script(norm)
+def scripted(x, batch):
+    return script(x, batch, None, 2)
+x, good = torch.randn(5, 10), torch.tensor([0, 0, 1, 1, 1])
+for run in (compiled, scripted):
+    torch.testing.assert_close(run(x, good), eager(x, good))
+for bad, message in (([0, 1, 0, 1, 1], "must be sorted"), ([0, 0, 1, 1, 2], "outside 0 .. num_graphs - 1")):
+    for run in (eager, compiled, scripted):
+        try:
+            run(x, torch.tensor(bad))
+        except RuntimeError as error:
+            assert message in str(error), error
+        else:
+            raise AssertionError(f"{run.__name__} took the graph index {bad}")
+"""
+
+
+def test_without_the_extension_graph_offsets_check_the_index_eager_compiled_and_scripted():
+    subprocess.run([sys.executable, "-c", GRAPHS_WITHOUT_EXTENSION], check=True)

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from e3nn.util.jit import compile_mode
 
-from .._ops import kernel_backend
 from .._pure_kernels import check_ptr, is_tracing
 from ..layout import FieldLayout
 from ..module import FieldNorm
@@ -31,11 +30,12 @@ def segment_offsets(
     :math:`\mathrm{ptr}_n = |\{i : \mathrm{batch}_i < n\}|`.
 
     ``batch`` must be sorted (nodes grouped by graph, as PyTorch Geometric's loaders produce); an unsorted ``batch``
-    is refused with a ``ValueError`` rather than silently regrouped. With ``num_graphs`` (PyTorch Geometric's
-    ``num_graphs``/``dim_size``) the offsets have a size known in advance, so ``torch.compile(fullgraph=True)`` and
-    ``torch.export`` need no data-dependent size, and the compiled op ``eqnorm::segment_offsets`` checks ``batch``
-    when the code runs, compiled or not; without it, graphs with no node are skipped (they own no output),
-    which costs memory in proportion to the nodes, never to the largest graph id. Neither given: one graph.
+    is refused rather than silently regrouped. With ``num_graphs`` (PyTorch Geometric's ``num_graphs``/``dim_size``)
+    the offsets have a size known in advance, so ``torch.compile(fullgraph=True)`` and ``torch.export`` need no
+    data-dependent size, and the op ``eqnorm::segment_offsets`` checks ``batch`` when the code runs, eager, compiled
+    or scripted (a ``RuntimeError``; the pure-PyTorch kernel where the compiled one is missing); without it, the
+    check is a ``ValueError`` in eager code, and graphs with no node are skipped (they own no output), which costs
+    memory in proportion to the nodes, never to the largest graph id. Neither given: one graph.
     """
     if batch is not None and ptr is not None:
         raise ValueError("give batch or ptr, not both")
@@ -54,16 +54,11 @@ def segment_offsets(
     assert batch is not None
     if batch.shape != (num_nodes,) or batch.dtype != torch.long:
         raise ValueError(f"batch must be {num_nodes} int64 graph indices, got shape {tuple(batch.shape)} {batch.dtype}")
-    if num_graphs is not None and kernel_backend(batch.device) != "torch":
+    if num_graphs is not None:
         return torch.ops.eqnorm.segment_offsets(batch, num_graphs)  # checks batch itself, compiled or not
-    batch = batch.contiguous()  # a single frame's index is often expanded: searchsorted wants it contiguous
     if not is_tracing(batch) and num_nodes:  # data checks need real values: not under compile, export or make_fx
         if bool((batch.diff() < 0).any()) or int(batch[0]) < 0:
             raise ValueError("batch must be sorted and non-negative (nodes grouped by graph); sort the nodes first")
-        if num_graphs is not None and int(batch[-1]) >= num_graphs:
-            raise ValueError(f"batch holds graph id {int(batch[-1])} but num_graphs is {num_graphs}")
-    if num_graphs is not None:
-        return torch.searchsorted(batch, torch.arange(num_graphs + 1, device=batch.device))
     counts = torch.unique_consecutive(batch, return_counts=True)[1]
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 

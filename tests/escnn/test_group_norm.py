@@ -144,11 +144,14 @@ def test_check_equivariance_checks_and_catches_a_broken_layer():
     assert layer.training  # left as it was
     with torch.no_grad():
         layer.norm.bias.normal_()
-    # the kernels' operators with each entry scaled at random (the bias off the trivial vectors, the centering and the
-    # variance weighted per channel) break equivariance: check_equivariance must notice
+    # the layout's operators with each entry scaled at random (the bias off the trivial vectors, the centering and the
+    # variance weighted per channel), in the compiled and the dense form alike (whichever the kernels read), break
+    # equivariance: check_equivariance must notice
     broken = copy.deepcopy(layer)
-    values = broken.norm.index_compiled_value
-    values.mul_(torch.rand(values.shape, generator=torch.Generator().manual_seed(0), dtype=values.dtype) + 0.5)
+    gen = torch.Generator().manual_seed(0)
+    for name, values in broken.norm.named_buffers():
+        if name.startswith("index_") and values.is_floating_point():
+            values.mul_(torch.rand(values.shape, generator=gen, dtype=values.dtype) + 0.5)
     with pytest.raises(AssertionError, match="equivariance fails"):
         broken.check_equivariance()
 
